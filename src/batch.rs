@@ -61,7 +61,10 @@ impl OutputTokens {
 
     /// Appends a generated token (engine side).
     pub fn push(&self, token: u32) {
-        self.0.write().unwrap_or_else(|e| e.into_inner()).push(token);
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(token);
     }
 
     /// Reads the tokens generated so far.

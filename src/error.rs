@@ -138,7 +138,9 @@ pub enum Error {
         dtype: DType,
     },
     /// Logits that are not contiguous row-major (processors write in place).
-    #[error("logits must be contiguous (row-major) to be processed in place; call .contiguous() first")]
+    #[error(
+        "logits must be contiguous (row-major) to be processed in place; call .contiguous() first"
+    )]
     LogitsNotContiguous,
     /// Logits on another device than the processor's state.
     #[error("logits are on {got:?} but the processor's state lives on {expected:?}")]

@@ -101,7 +101,6 @@ impl ForceToken {
     pub fn forced_tokens(&self, row: usize) -> Option<&[u32]> {
         self.ledger.get(row).map(|s| s.as_slice())
     }
-
 }
 
 /// A request's forced set, normalised, or `None` if it sets none.

@@ -46,7 +46,12 @@ fn normalised(forced: &Option<Vec<u32>>) -> Option<Option<Vec<u32>>> {
 ///
 /// With `check_params` false (a processor that reads no parameters, like AllowedIds) the
 /// requests' parameters are not judged.
-fn reference_update(rows: &Rows, upd: &BatchUpdate, ids: &[u64], check_params: bool) -> Option<Rows> {
+fn reference_update(
+    rows: &Rows,
+    upd: &BatchUpdate,
+    ids: &[u64],
+    check_params: bool,
+) -> Option<Rows> {
     if upd.batch_size > CAPACITY {
         return None;
     }
@@ -209,13 +214,12 @@ fn corrupt(u: &mut BatchUpdate, kind: u8, x: usize, y: usize) {
         4 => {
             let row = u.added.first().map_or(x, |a| a.row);
             let p = RequestParams::new().with_forced_tokens([y as u32]);
-            u.added
-                .push(logits_processors::AddedRequest {
-                    row,
-                    params: Arc::new(p),
-                    prompt_token_ids: None,
-                    output_token_ids: Default::default(),
-                });
+            u.added.push(logits_processors::AddedRequest {
+                row,
+                params: Arc::new(p),
+                prompt_token_ids: None,
+                output_token_ids: Default::default(),
+            });
         }
         5 => {
             if let Some(&r) = u.removed.first() {
