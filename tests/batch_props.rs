@@ -4,6 +4,8 @@
 //! rejected update), and `apply` on random logits (with NaN and −inf) must equal a naive
 //! per-row reference, for ForceToken, AllowedIds and a Pipeline of both, in f32, f16 and bf16.
 
+#![allow(clippy::needless_range_loop, clippy::type_complexity)] // index-style loops mirror the reference model
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 

@@ -1,5 +1,7 @@
 //! Unit tests of the built-in processors per dtype, their errors, and the pipeline.
 
+#![allow(clippy::type_complexity)]
+
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
