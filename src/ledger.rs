@@ -193,19 +193,23 @@ impl<T> RowLedger<T> {
             })
     }
 
-    /// The distinct rows the last accepted update changed (in first-touched order). Their
-    /// state may have changed; all other rows are as before.
+    /// The distinct rows the last [`apply`](Self::apply) changed (in first-touched order):
+    /// their state may have changed, all other rows are as before. Empty after `apply(None)`
+    /// or a rejected update.
     pub fn touched(&self) -> &[usize] {
         &self.touched
     }
 
-    /// Checks `update` against the rules without changing anything.
+    /// Checks `update` against the rules without changing any row (it clears
+    /// [`touched`](Self::touched)).
     ///
     /// # Errors
     ///
     /// The first broken rule, as an [`Error`].
     pub fn validate(&mut self, update: &BatchUpdate) -> Result<()> {
-        self.check(update).map(|_| ())
+        let result = self.check(update);
+        self.touched.clear();
+        result
     }
 
     /// Applies `update` (or nothing, for `None`), asking `state_of` for the state of each
@@ -229,13 +233,17 @@ impl<T> RowLedger<T> {
             self.touched.clear();
             return Ok(());
         };
-        self.check(update)?;
+        if let Err(e) = self.check(update) {
+            self.touched.clear();
+            return Err(e);
+        }
         self.pending.clear();
         for added in &update.added {
             match state_of(added) {
                 Ok(state) => self.pending.push(state),
                 Err(e) => {
                     self.pending.clear();
+                    self.touched.clear();
                     return Err(e);
                 }
             }
