@@ -72,8 +72,8 @@ mod table;
 
 pub use allowed_ids::{AllowedIds, AllowedMode};
 pub use batch::{
-    AddedRequest, BatchUpdate, BatchUpdateBuilder, MoveDirectionality, MovedRequest,
-    OutputTokens, StepList,
+    AddedRequest, BatchUpdate, BatchUpdateBuilder, MoveDirectionality, MovedRequest, OutputTokens,
+    StepList,
 };
 pub use error::{Error, Result};
 pub use force_token::ForceToken;
