@@ -72,7 +72,8 @@ struct Cli {
     /// Prompt layout
     #[arg(long, value_enum, default_value_t = LayoutArg::Chat)]
     layout: LayoutArg,
-    /// Padded tokens per batch (rows × longest row)
+    /// Padded tokens per batch (rows × longest row). Larger is not faster: long rows then share
+    /// batches with short ones and the padding costs more (docs/arena_judge.md)
     #[arg(long, value_name = "TOKENS", default_value_t = 16384)]
     token_budget: usize,
     /// Most rows per batch (the processors' capacity)
