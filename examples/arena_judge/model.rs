@@ -546,6 +546,17 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims, masks: &Masks) -> Res
         // Each step drops its input at once so at most two score-sized buffers are alive.
         let scores = qc.matmul(&kc.t()?)?;
         drop(qc);
+        #[cfg(feature = "cuda")]
+        if scores.device().is_cuda() {
+            // One fused pass, in place: causal mask + f32 softmax + cast back (see `causal`).
+            scores.inplace_op1(&causal::Softmax {
+                len: q1,
+                chunk: c,
+                q0,
+            })?;
+            outs.push(scores.matmul(&vc)?.reshape((b, nkv, g, c, hd))?);
+            continue;
+        }
         let scores32 = scores.to_dtype(DType::F32)?.reshape((b, nkv, g, c, q1))?;
         drop(scores);
         // Only the diagonal block [q0, q1) of keys needs the mask (see `Masks`).
@@ -814,4 +825,152 @@ fn rope_tables(
             .to_dtype(dtype)?)
     };
     Ok((to(cos)?, to(sin)?))
+}
+
+/// The attention softmax on CUDA as one fused, in-place kernel.
+///
+/// The unfused path (cast the scores to f32, add the mask, softmax, cast back) moves each score
+/// through memory about five times; this kernel reads a row of scores and writes the
+/// probabilities over it, computing in f32. The mask is causal only: with right padding a real
+/// query `i < len` sees keys `j <= i`, all real, and padded queries' outputs are never read
+/// (the reasoning of `Masks`).
+#[cfg(feature = "cuda")]
+mod causal {
+    use std::sync::OnceLock;
+
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+    use candle_core::{CpuStorage, CudaStorage, InplaceOp1, Layout};
+
+    const THREADS: u32 = 256;
+    const SOURCE: &str = r#"
+#define THREADS 256
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+__device__ __forceinline__ float ld_f32(float x) { return x; }
+__device__ __forceinline__ float st_f32(float x) { return x; }
+__device__ __forceinline__ float ld_bf16(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
+__device__ __forceinline__ unsigned short st_bf16(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+__device__ __forceinline__ float ld_f16(unsigned short h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
+__device__ __forceinline__ unsigned short st_f16(float f) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+
+__device__ float block_reduce(float v, bool is_max, float* sh) {
+    for (int o = 16; o > 0; o >>= 1) { float w = __shfl_xor_sync(0xffffffffu, v, o); v = is_max ? fmaxf(v, w) : v + w; }
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < (THREADS >> 5) ? sh[lane] : (is_max ? neg_inf() : 0.f);
+        for (int o = 16; o > 0; o >>= 1) { float w = __shfl_xor_sync(0xffffffffu, v, o); v = is_max ? fmaxf(v, w) : v + w; }
+        if (lane == 0) sh[0] = v;
+    }
+    __syncthreads();
+    float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+/* Row r of `rows` rows of `len` scores holds query q0 + r % chunk: it sees keys 0..=q0 + r % chunk. */
+#define CAUSAL_SOFTMAX(NAME, T, LD, ST) \
+extern "C" __global__ void __launch_bounds__(THREADS) NAME(T* s, unsigned int rows, unsigned int len, unsigned int chunk, unsigned int q0) { \
+    __shared__ float sh[32]; \
+    for (unsigned int row = blockIdx.x; row < rows; row += gridDim.x) { \
+        T* p = s + (size_t)row * len; \
+        unsigned int last = q0 + row % chunk; \
+        float m = neg_inf(); \
+        for (unsigned int j = threadIdx.x; j <= last; j += THREADS) m = fmaxf(m, LD(p[j])); \
+        m = block_reduce(m, true, sh); \
+        float sum = 0.f; \
+        for (unsigned int j = threadIdx.x; j <= last; j += THREADS) sum += expf(LD(p[j]) - m); \
+        sum = block_reduce(sum, false, sh); \
+        float inv = 1.f / sum; \
+        for (unsigned int j = threadIdx.x; j < len; j += THREADS) p[j] = ST(j <= last ? expf(LD(p[j]) - m) * inv : 0.f); \
+    } \
+}
+CAUSAL_SOFTMAX(causal_softmax_f32, float, ld_f32, st_f32)
+CAUSAL_SOFTMAX(causal_softmax_f16, unsigned short, ld_f16, st_f16)
+CAUSAL_SOFTMAX(causal_softmax_bf16, unsigned short, ld_bf16, st_bf16)
+"#;
+
+    /// PTX of `SOURCE`, compiled by NVRTC on first use.
+    static PTX: OnceLock<Result<String, String>> = OnceLock::new();
+
+    /// Softmax over each row of `[.., len]` scores whose row `r` is query `q0 + r % chunk`.
+    pub(super) struct Softmax {
+        pub(super) len: usize,
+        pub(super) chunk: usize,
+        pub(super) q0: usize,
+    }
+
+    impl InplaceOp1 for Softmax {
+        fn name(&self) -> &'static str {
+            "arena-judge-causal-softmax"
+        }
+
+        fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> candle_core::Result<()> {
+            candle_core::bail!("the fused causal softmax runs on CUDA only")
+        }
+
+        fn cuda_fwd(&self, storage: &mut CudaStorage, layout: &Layout) -> candle_core::Result<()> {
+            let Some((start, end)) = layout.contiguous_offsets() else {
+                candle_core::bail!("attention scores must be contiguous");
+            };
+            if self.len == 0 || (end - start) % self.len != 0 || self.q0 + self.chunk != self.len {
+                candle_core::bail!("attention scores do not have the expected shape");
+            }
+            let rows = (end - start) / self.len;
+            let ptx = PTX
+                .get_or_init(|| {
+                    candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCE)
+                        .map(|p| p.to_src())
+                        .map_err(|e| format!("compiling the causal softmax: {e}"))
+                })
+                .as_ref()
+                .map_err(|e| candle_core::Error::Msg(e.clone()))?;
+            let dev = storage.device.clone();
+            let name = match &storage.slice {
+                CudaStorageSlice::F32(_) => "causal_softmax_f32",
+                CudaStorageSlice::F16(_) => "causal_softmax_f16",
+                CudaStorageSlice::BF16(_) => "causal_softmax_bf16",
+                _ => candle_core::bail!("attention scores must be f32, f16 or bf16"),
+            };
+            let func = dev.get_or_load_custom_func(name, "arena_judge_causal_softmax", ptx)?;
+            let (rows32, len32, chunk32, q032) = (
+                rows as u32,
+                self.len as u32,
+                self.chunk as u32,
+                self.q0 as u32,
+            );
+            let cfg = LaunchConfig {
+                grid_dim: ((rows as u32).clamp(1, 1 << 20), 1, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut builder = func.builder();
+            macro_rules! launch {
+                ($s:expr) => {{
+                    let mut view = $s.slice_mut(start..end);
+                    builder.arg(&mut view);
+                    builder.arg(&rows32);
+                    builder.arg(&len32);
+                    builder.arg(&chunk32);
+                    builder.arg(&q032);
+                    // SAFETY: the arguments match the kernel's signature and it stays inside
+                    // the `rows × len` view it is given.
+                    unsafe { builder.launch(cfg) }.w()?;
+                }};
+            }
+            match &mut storage.slice {
+                CudaStorageSlice::F32(s) => launch!(s),
+                CudaStorageSlice::F16(s) => launch!(s),
+                CudaStorageSlice::BF16(s) => launch!(s),
+                _ => unreachable!("dtype checked above"),
+            }
+            Ok(())
+        }
+    }
 }
