@@ -128,10 +128,13 @@ impl Pipeline {
     /// The next processor after `i` (skipping argmax-invariant ones when greedy) if `i` and it
     /// are one ForceToken and one AllowedIds.
     fn fusable_partner(&self, i: usize, greedy: bool) -> Option<usize> {
+        // Only processors built for this pipeline's vocabulary fuse; others run on their own
+        // and report a mismatch as a typed error.
+        let words = self.config.vocab_size().div_ceil(32);
         let kind = |p: &dyn LogitsProcessor| match p.fusion_part() {
             Some(FusionPart(Part::Force(_))) => Some(0),
-            Some(FusionPart(Part::Allowed(_))) => Some(1),
-            None => None,
+            Some(FusionPart(Part::Allowed(a))) if a.bits.host().len() == words => Some(1),
+            _ => None,
         };
         let a = kind(self.processors[i].as_ref())?;
         let j = (i + 1..self.processors.len())

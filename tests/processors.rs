@@ -327,3 +327,22 @@ fn empty_batch_and_vocab_of_one() {
     p.apply(&t).unwrap();
     assert_eq!(read(&t), vec![vec![7.]]);
 }
+
+#[test]
+fn a_pipeline_of_mismatched_processors_reports_an_error_instead_of_fusing() {
+    let wide = config(2, 100);
+    let narrow = config(2, 10);
+    let mut pipe = Pipeline::new(&wide)
+        .with(ForceToken::new(&wide).unwrap())
+        .with(AllowedIds::new(&narrow, [1], AllowedMode::Mask).unwrap());
+    admit(&mut pipe, &[Some(&[50])]).unwrap();
+    let t = Tensor::zeros((1, 100), DType::F32, &Device::Cpu).unwrap();
+    assert!(matches!(
+        pipe.apply(&t),
+        Err(Error::LogitsShape {
+            width: 100,
+            vocab_size: 10,
+            ..
+        })
+    ));
+}
