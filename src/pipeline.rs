@@ -174,13 +174,14 @@ impl LogitsProcessor for Pipeline {
     }
 
     fn update_state(&mut self, update: Option<&BatchUpdate>) -> Result<()> {
-        if let Some(update) = update {
-            self.ledger.validate(update)?;
-            for added in &update.added {
-                self.validate_params(&added.params)?;
-            }
-            self.ledger.apply(Some(update), |_| Ok(None))?;
-        }
+        // One transactional pass: the rules, then every added request against every processor.
+        let processors = &self.processors;
+        self.ledger.apply(update, |added| {
+            processors
+                .iter()
+                .try_for_each(|p| p.validate_params(&added.params))
+                .map(|()| None)
+        })?;
         self.processors
             .iter_mut()
             .try_for_each(|p| p.update_state(update))
