@@ -17,6 +17,7 @@
 
 mod checkpoint;
 mod data;
+mod dump;
 mod files;
 mod inputs;
 mod metrics;
@@ -90,6 +91,10 @@ struct Cli {
     /// Run on the CPU even when CUDA is available
     #[arg(long)]
     cpu: bool,
+    /// Also write what the model sees to FILE, one JSON line per row: id, batch, position,
+    /// tokens, truncated, prompt (decoded ids), token_ids
+    #[arg(long, value_name = "FILE")]
+    dump_prompts: Option<std::path::PathBuf>,
 }
 
 /// `--layout`.
@@ -144,6 +149,13 @@ fn run(cli: Cli) -> Result<Summary> {
     let data = cli.data.clone().unwrap_or_else(setup::demo_data);
     let inputs = inputs::load_inputs(&data, cli.validate, &encoder)?;
     let plan = plan::plan_batches(&inputs.entries, cli.token_budget, cli.max_batch_rows);
+    if let Some(path) = &cli.dump_prompts {
+        dump::write_prompts(path, &inputs.entries, &plan, &tokenizer)?;
+        println!(
+            "prompts, token ids and batch plan written to {}",
+            path.display()
+        );
+    }
     let (mut checkpoint, mut results, resumed) =
         checkpoint::open_checkpoint(&cli.out, cli.resume, &data, &inputs.entries)?;
 
