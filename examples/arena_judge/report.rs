@@ -74,8 +74,6 @@ impl Meter {
 pub struct Summary {
     /// The written submission.
     pub out: PathBuf,
-    /// Whether this was the demo (no `--model`).
-    pub demo: bool,
     /// Rows in the submission (malformed ones included).
     pub rows: usize,
     /// Rows taken from the checkpoint of an earlier run.
@@ -116,7 +114,10 @@ impl Summary {
         println!("  malformed    {} rows", self.malformed);
         println!("  non-finite   {} rows fell back to uniform", m.fallbacks);
         if let Some((loss, acc, n)) = self.score {
-            println!("  log loss     {loss:.6} ({n} labelled rows)");
+            println!(
+                "  log loss     {loss:.6} ({n} labelled rows; uniform {:.6})",
+                3f64.ln()
+            );
             println!("  accuracy     {acc:.4}");
         }
         println!("  submission   {}", self.out.display());

@@ -49,60 +49,126 @@ pub fn demo_data() -> PathBuf {
     root().join("examples/arena_judge/data/train_first100.csv")
 }
 
-/// The demo's random-weights model (tokenizer included), written by `scripts/setup.sh`.
+/// The demo's model: Qwen2.5-Coder-0.5B-Instruct, the GGUF `scripts/setup.sh` fetches.
 pub fn demo_model() -> PathBuf {
-    root().join("assets/arena_judge_demo")
+    root().join("assets/models/qwen2.5-coder-0.5b-instruct.gguf")
 }
 
-/// The model directory to judge with, and the context length to use: `max_model_len` capped to
-/// the model's positions. The directory is `model`, or the demo's generated random-weights
-/// checkpoint (announced as such; `scripts/setup.sh` writes it) when it is `None`.
-///
-/// # Errors
-/// The directory does not exist, or its config is missing or not Qwen2 (the message names the
-/// file).
-pub fn model_dir(model: Option<&Path>, max_model_len: usize) -> Result<(PathBuf, usize)> {
-    let dir = match model {
-        Some(dir) => dir.to_path_buf(),
-        None => {
-            println!(
-                "demo: the model has RANDOM weights: the numbers only show that the pipeline works"
-            );
-            let dir = demo_model();
-            ensure!(
-                dir.join("config.json").is_file(),
-                "the demo model {} is missing: run `bash scripts/setup.sh` first",
-                dir.display()
-            );
-            dir
-        }
-    };
-    ensure!(
-        dir.is_dir(),
-        "model directory {} does not exist",
-        dir.display()
-    );
-    // Read now, so that a checkpoint that is not Qwen2 fails before the slow encoding and load.
-    let config = qwen2_prefill::Config::from_file(&dir.join("config.json"))?;
-    let positions = config.max_position_embeddings;
-    if max_model_len > positions {
-        eprintln!(
-            "note: --max-model-len {max_model_len} capped to the model's {positions} positions"
+/// The Qwen2.5 tokenizer `scripts/setup.sh` fetches (used for GGUF models without a
+/// `tokenizer.json` beside them).
+pub fn default_tokenizer() -> PathBuf {
+    root().join("assets/qwen2.5/tokenizer.json")
+}
+
+/// The model to judge with: `--model` (a Hugging Face checkpoint directory or a GGUF file), or
+/// the demo's GGUF when it is `None`.
+#[derive(Debug, Clone)]
+pub struct ModelSource {
+    /// The directory or file.
+    pub path: PathBuf,
+    /// Its configuration (read before the slow encoding and load, so a model that is not Qwen2
+    /// fails at once).
+    pub config: qwen2_prefill::Config,
+    /// The GGUF's own vocabulary, for a GGUF model.
+    pub gguf_vocabulary: Option<Vec<String>>,
+}
+
+impl ModelSource {
+    /// Resolves `--model` and reads the model's configuration.
+    ///
+    /// # Errors
+    /// The path does not exist, is neither a directory nor a GGUF file, or its configuration is
+    /// missing or not Qwen2 (the message names the file); for the demo, a missing GGUF names the
+    /// script that fetches it.
+    pub fn resolve(model: Option<&Path>) -> Result<Self> {
+        let path = match model {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let p = demo_model();
+                ensure!(
+                    p.is_file(),
+                    "the demo model {} is missing: run `bash scripts/setup.sh` first",
+                    p.display()
+                );
+                p
+            }
+        };
+        ensure!(
+            path.exists(),
+            "model {} does not exist (pass a .gguf file or a Hugging Face checkpoint directory)",
+            path.display()
         );
+        if path.is_dir() {
+            let config = qwen2_prefill::Config::from_file(&path.join("config.json"))?;
+            return Ok(Self {
+                path,
+                config,
+                gguf_vocabulary: None,
+            });
+        }
+        ensure!(
+            qwen2_prefill::gguf::is_gguf(&path),
+            "model {} is a file but not a GGUF file (pass a .gguf file or a Hugging Face \
+             checkpoint directory)",
+            path.display()
+        );
+        let gguf = qwen2_prefill::gguf::Gguf::open(&path, qwen2_prefill::GgufLinears::default())?;
+        let config = gguf.config()?;
+        let vocabulary = gguf.vocabulary()?;
+        Ok(Self {
+            path,
+            config,
+            gguf_vocabulary: Some(vocabulary),
+        })
     }
-    Ok((dir, max_model_len.min(positions)))
-}
 
-/// The tokenizer: `explicit` when given, else `tokenizer.json` in the model directory.
-///
-/// # Errors
-/// The file is missing or not a tokenizer (the message names it).
-pub fn tokenizer(model_dir: &Path, explicit: Option<&Path>) -> Result<Tokenizer> {
-    let path = explicit.map_or_else(|| model_dir.join("tokenizer.json"), Path::to_path_buf);
-    crate::prompt::load_tokenizer(&path).with_context(|| {
-        format!(
-            "no tokenizer for {} (or pass --tokenizer PATH)",
-            model_dir.display()
-        )
-    })
+    /// `max_model_len` capped to the model's positions (with a note when capped).
+    pub fn context(&self, max_model_len: usize) -> usize {
+        let positions = self.config.max_position_embeddings;
+        if max_model_len > positions {
+            eprintln!(
+                "note: --max-model-len {max_model_len} capped to the model's {positions} positions"
+            );
+        }
+        max_model_len.min(positions)
+    }
+
+    /// The tokenizer: `explicit` when given; else `tokenizer.json` in a model directory, or for
+    /// a GGUF file the `tokenizer.json` beside it or the Qwen2.5 one from `scripts/setup.sh`.
+    /// For a GGUF model the tokenizer must match the GGUF's own vocabulary; added tokens the GGUF
+    /// does not have (the Qwen3 tokenizer's four tokens past Qwen2.5's vocabulary) are dropped,
+    /// so they can never be produced.
+    ///
+    /// # Errors
+    /// The file is missing or not a tokenizer, or it disagrees with the GGUF's vocabulary (the
+    /// message names the file and the first differing id).
+    pub fn tokenizer(&self, explicit: Option<&Path>) -> Result<Tokenizer> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None if self.path.is_dir() => self.path.join("tokenizer.json"),
+            None => {
+                let beside = self.path.with_file_name("tokenizer.json");
+                if beside.is_file() {
+                    beside
+                } else {
+                    default_tokenizer()
+                }
+            }
+        };
+        let how = if explicit.is_some() {
+            "--tokenizer".to_string()
+        } else if self.path.is_dir() {
+            format!(
+                "the tokenizer of {} (or pass --tokenizer PATH)",
+                self.path.display()
+            )
+        } else {
+            "run `bash scripts/setup.sh`, or pass --tokenizer PATH".to_string()
+        };
+        match &self.gguf_vocabulary {
+            None => crate::tokenizer::load_tokenizer(&path).with_context(|| how.clone()),
+            Some(vocab) => crate::tokenizer::load_tokenizer_for_vocabulary(&path, vocab)
+                .with_context(|| format!("{how} (the tokenizer of GGUF {})", self.path.display())),
+        }
+    }
 }

@@ -113,7 +113,8 @@ impl Config {
         self.torch_dtype.as_deref().or(self.dtype.as_deref())
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Rejects what this implementation does not support, and values that cannot be right.
+    pub(crate) fn validate(&self) -> Result<()> {
         match (&self.model_type, &self.architectures) {
             (None, None) => bail!("neither `model_type` nor `architectures` is set"),
             (Some(mt), _) if mt != "qwen2" => {
@@ -167,6 +168,16 @@ impl Config {
         ensure!(
             self.max_position_embeddings > 0,
             "max_position_embeddings must be positive"
+        );
+        let base = self.rope_base();
+        ensure!(
+            base.is_finite() && base > 1.0,
+            "rope_theta {base} is not a usable RoPE base (it must be finite and above 1)"
+        );
+        ensure!(
+            self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0,
+            "rms_norm_eps {} must be finite and positive",
+            self.rms_norm_eps
         );
         Ok(())
     }

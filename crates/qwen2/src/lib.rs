@@ -17,7 +17,9 @@
 //! | file | what |
 //! | --- | --- |
 //! | `config.rs` | [`Config`]: the `config.json` fields read, and what is rejected |
+//! | `source.rs` | where weights come from, under Hugging Face names |
 //! | `weights.rs` | the safetensors files of a checkpoint |
+//! | `gguf.rs` | GGUF files: config, vocabulary, tensors (candle's reader, `QMatMul`) |
 //! | `awq.rs` | AWQ GEMM 4-bit: config, nibble packing, dequantization |
 //! | `linear.rs` | [`Linear`]: a weight, however stored, and its matmul |
 //! | `rope.rs`, `attention.rs`, `layer.rs` | the pieces of a decoder layer |
@@ -33,15 +35,18 @@ pub mod awq;
 mod config;
 #[cfg(feature = "cuda")]
 mod cuda;
+pub mod gguf;
 mod layer;
 mod linear;
 mod model;
 mod rope;
+mod source;
 #[cfg(feature = "synthetic")]
 pub mod synthetic;
 mod weights;
 
 pub use attention::{DEFAULT_QUERY_CHUNK, SCORE_BUDGET};
 pub use config::Config;
+pub use gguf::GgufLinears;
 pub use linear::Linear;
 pub use model::Qwen2;

@@ -9,9 +9,11 @@ use candle_core::{DType, Device, Tensor};
 use crate::attention::{Dims, Masks, DEFAULT_QUERY_CHUNK, SCORE_BUDGET};
 use crate::awq::AwqConfig;
 use crate::config::Config;
+use crate::gguf::{is_gguf, Gguf, GgufLinears};
 use crate::layer::Layer;
 use crate::linear::Linear;
 use crate::rope::rope_tables;
+use crate::source::WeightSource;
 use crate::weights::Weights;
 
 pub struct Qwen2 {
@@ -29,13 +31,30 @@ pub struct Qwen2 {
 }
 
 impl Qwen2 {
-    /// Loads a Hugging Face Qwen2 checkpoint directory onto `device`, computing in `dtype`
-    /// (f16/bf16 on GPU, f32 or f16 on CPU: candle's CPU matmul has no bf16).
+    /// Loads a Qwen2 model onto `device`, computing in `dtype` (f16/bf16 on GPU, f32 or f16 on
+    /// CPU: candle's CPU matmul has no bf16): a Hugging Face checkpoint directory (AWQ GEMM 4-bit
+    /// layers are dequantized to `dtype` while loading) or a GGUF file of the `qwen2`
+    /// architecture (quantized layers stay quantized, see [`GgufLinears`]).
     ///
-    /// AWQ GEMM 4-bit layers are dequantized to `dtype` while loading. Errors name the file or
-    /// tensor at fault: missing `config.json` or weights, a model that is not Qwen2, an
-    /// unsupported quantization, a missing tensor or one of the wrong shape.
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+    /// # Errors
+    /// Errors name the file or tensor at fault: a path that is neither, missing `config.json` or
+    /// weights, a model that is not Qwen2, an unsupported quantization, a missing tensor or one of
+    /// the wrong shape.
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_with(path, device, dtype, GgufLinears::default())
+    }
+
+    /// [`Qwen2::load`] with the choice of how a GGUF's quantized layers are held (ignored for a
+    /// Hugging Face directory).
+    ///
+    /// # Errors
+    /// As [`Qwen2::load`].
+    pub fn load_with(
+        path: &Path,
+        device: &Device,
+        dtype: DType,
+        linears: GgufLinears,
+    ) -> Result<Self> {
         ensure!(
             matches!(dtype, DType::F16 | DType::BF16 | DType::F32),
             "model dtype {dtype:?} is not supported (use F16, BF16 or F32)"
@@ -50,6 +69,23 @@ impl Qwen2 {
             !(device.is_cpu() && dtype == DType::BF16),
             "BF16 is not supported on the CPU (candle's CPU matmul has no bf16); use F32 or F16"
         );
+        if path.is_file() {
+            ensure!(
+                is_gguf(path),
+                "model {} is a file but not a GGUF file (pass a .gguf file or a Hugging Face \
+                 checkpoint directory)",
+                path.display()
+            );
+            let gguf = Gguf::open(path, linears)?;
+            let cfg = gguf.config()?;
+            return Self::build(cfg, &gguf, device, dtype);
+        }
+        ensure!(
+            path.is_dir(),
+            "model {} does not exist (pass a .gguf file or a Hugging Face checkpoint directory)",
+            path.display()
+        );
+        let dir = path;
         let cfg_path = dir.join("config.json");
         let cfg = Config::from_file(&cfg_path)?;
         let awq = cfg
@@ -60,8 +96,17 @@ impl Qwen2 {
             .with_context(|| {
                 format!("unsupported quantization_config in {}", cfg_path.display())
             })?;
-        let weights = Weights::open(dir)?;
+        let weights = Weights::open(dir, awq)?;
+        Self::build(cfg, &weights, device, dtype)
+    }
 
+    /// Builds the model from `cfg` and the tensors of `weights`.
+    fn build(
+        cfg: Config,
+        weights: &dyn WeightSource,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let (hidden, inter, vocab) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
         let embed = weights.dense("model.embed_tokens.weight", &[vocab, hidden], device, dtype)?;
@@ -69,14 +114,7 @@ impl Qwen2 {
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let lin = |name: &str, out_f: usize, in_f: usize| {
-                weights.linear(
-                    &format!("{p}.{name}"),
-                    out_f,
-                    in_f,
-                    awq.as_ref(),
-                    device,
-                    dtype,
-                )
+                weights.linear(&format!("{p}.{name}"), out_f, in_f, device, dtype)
             };
             let vec =
                 |name: &str, n: usize| weights.dense(&format!("{p}.{name}"), &[n], device, dtype);

@@ -11,16 +11,19 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::awq::{AwqConfig, AwqLayer, PACK_FACTOR};
 use crate::linear::Linear;
+use crate::source::WeightSource;
 
 /// The safetensors files of a checkpoint, with the file that holds each tensor.
 pub(crate) struct Weights {
     files: Vec<(PathBuf, MmapedSafetensors)>,
     index: HashMap<String, usize>,
+    /// The checkpoint's AWQ quantization, if any.
+    awq: Option<AwqConfig>,
 }
 
 impl Weights {
     /// Opens `model.safetensors.index.json` (every shard it names) or else `model.safetensors`.
-    pub(crate) fn open(dir: &Path) -> Result<Self> {
+    pub(crate) fn open(dir: &Path, awq: Option<AwqConfig>) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let paths: Vec<PathBuf> = if index_path.is_file() {
@@ -66,7 +69,7 @@ impl Weights {
             }
             files.push((path, st));
         }
-        Ok(Self { files, index })
+        Ok(Self { files, index, awq })
     }
 
     fn has(&self, name: &str) -> bool {
@@ -108,25 +111,6 @@ impl Weights {
         Ok((view.data(), dtype, path.as_path()))
     }
 
-    /// A float tensor of the given shape, on `device` in `dtype`.
-    pub(crate) fn dense(
-        &self,
-        name: &str,
-        shape: &[usize],
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Tensor> {
-        let (data, src_dtype, path) = self.raw(name, shape)?;
-        ensure!(
-            matches!(src_dtype, DType::F16 | DType::BF16 | DType::F32),
-            "tensor `{name}` in {} has dtype {src_dtype:?}, expected a float dtype",
-            path.display()
-        );
-        let t = Tensor::from_raw_buffer(data, src_dtype, shape, &Device::Cpu)
-            .with_context(|| format!("cannot load tensor `{name}` from {}", path.display()))?;
-        Ok(t.to_device(device)?.to_dtype(dtype)?)
-    }
-
     /// Packed 32-bit words (i32 or u32) of the given shape.
     fn words(&self, name: &str, shape: &[usize]) -> Result<Vec<u32>> {
         let (data, dtype, path) = self.raw(name, shape)?;
@@ -163,15 +147,29 @@ impl Weights {
             ),
         })
     }
+}
+
+impl WeightSource for Weights {
+    /// A float tensor of the given shape, on `device` in `dtype`.
+    fn dense(&self, name: &str, shape: &[usize], device: &Device, dtype: DType) -> Result<Tensor> {
+        let (data, src_dtype, path) = self.raw(name, shape)?;
+        ensure!(
+            matches!(src_dtype, DType::F16 | DType::BF16 | DType::F32),
+            "tensor `{name}` in {} has dtype {src_dtype:?}, expected a float dtype",
+            path.display()
+        );
+        let t = Tensor::from_raw_buffer(data, src_dtype, shape, &Device::Cpu)
+            .with_context(|| format!("cannot load tensor `{name}` from {}", path.display()))?;
+        Ok(t.to_device(device)?.to_dtype(dtype)?)
+    }
 
     /// Linear layer `prefix` (`[out, in]`): `prefix.weight`, or AWQ
     /// `prefix.qweight/qzeros/scales` dequantized to a dense weight.
-    pub(crate) fn linear(
+    fn linear(
         &self,
         prefix: &str,
         out_f: usize,
         in_f: usize,
-        awq: Option<&AwqConfig>,
         device: &Device,
         dtype: DType,
     ) -> Result<Linear> {
@@ -191,7 +189,7 @@ impl Weights {
                 self.file_list()
             );
         }
-        let awq = awq.with_context(|| {
+        let awq = self.awq.as_ref().with_context(|| {
             format!("tensor `{qweight}` is AWQ-packed but config.json has no quantization_config")
         })?;
         let group = awq.group_for(in_f);

@@ -54,7 +54,7 @@ fn tokenizer() -> &'static Tokenizer {
             "tokenizer fixture {} is missing: run scripts/setup.sh",
             path.display()
         );
-        crate::prompt::load_tokenizer(&path)
+        crate::tokenizer::load_tokenizer(&path)
             .unwrap_or_else(|e| panic!("{e:#} (run scripts/setup.sh to refetch it)"))
     })
 }

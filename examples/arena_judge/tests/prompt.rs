@@ -334,9 +334,9 @@ fn tiny_limit_keeps_template_and_marks() {
     let err = PromptEncoder::new(tok, Layout::ChatTemplate, 10).unwrap_err();
     assert!(err.to_string().contains("too small"), "{err}");
     assert!(
-        crate::prompt::load_tokenizer(Path::new("/nonexistent/tokenizer.json"))
+        crate::tokenizer::load_tokenizer(Path::new("/nonexistent/tokenizer.json"))
             .unwrap_err()
             .to_string()
-            .contains("scripts/setup.sh")
+            .contains("/nonexistent/tokenizer.json")
     );
 }
