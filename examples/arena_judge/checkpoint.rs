@@ -1,8 +1,14 @@
-//! The checkpoint of a run: an append-only `<output>.partial` file of finished predictions,
-//! fsynced per batch, from which `--resume` continues; on resume a torn last line (from a kill
-//! mid-write) is dropped.
+//! The checkpoint of a run: `<output>.partial`, an append-only file of finished items, fsynced
+//! per batch, from which `--resume` continues.
+//!
+//! The first line records what produced the checkpoint ([`Settings`]: the data file's hash, the
+//! model's identity, layout, context length, dtype, `--swap`, `--validate`, the calibration, the
+//! batch limits); a resume with other settings is refused, naming what differs. Every other line
+//! is `item,id,p_a,p_b,p_tie` and is validated when loaded (a known item with its own id, each
+//! item once, a probability distribution), so a bad checkpoint fails before any judging, naming
+//! the file and line. A torn last line (a kill mid-write) is dropped.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,11 +16,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::files::{parent_dir, sync_dir};
-use crate::inputs::Entry;
-use crate::output::{format_line, parse_line, validate, Prediction};
+use crate::inputs::Inputs;
+use crate::output::{validate, Prediction};
 
 /// Suffix appended to the output path to name its checkpoint.
 pub const CHECKPOINT_SUFFIX: &str = ".partial";
+
+/// Key of the header line's object.
+const HEADER_KEY: &str = "arena_judge_checkpoint";
 
 /// The checkpoint path of an output file: `<output>.partial`.
 pub fn checkpoint_path(output: &Path) -> PathBuf {
@@ -23,24 +32,81 @@ pub fn checkpoint_path(output: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// What produced a run's predictions, by name; two runs may share a checkpoint only when these
+/// are equal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings(pub BTreeMap<String, String>);
+
+impl Settings {
+    /// Adds one setting.
+    pub fn with(mut self, name: &str, value: impl ToString) -> Self {
+        self.0.insert(name.to_string(), value.to_string());
+        self
+    }
+
+    fn header(&self) -> String {
+        serde_json::json!({ HEADER_KEY: 1, "settings": self.0 }).to_string()
+    }
+
+    fn parse(line: &str) -> Option<Self> {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        (v.get(HEADER_KEY)? == 1).then_some(())?;
+        let map = v.get("settings")?.as_object()?;
+        Some(Settings(
+            map.iter()
+                .map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect::<Option<_>>()?,
+        ))
+    }
+
+    /// The settings that differ, as `name: ours vs theirs`.
+    fn differences(&self, other: &Settings) -> Vec<String> {
+        let none = String::from("(none)");
+        let mut names: Vec<&String> = self.0.keys().chain(other.0.keys()).collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .filter(|n| self.0.get(*n) != other.0.get(*n))
+            .map(|n| {
+                format!(
+                    "{n}: {} now, {} in the checkpoint",
+                    self.0.get(n).unwrap_or(&none),
+                    other.0.get(n).unwrap_or(&none)
+                )
+            })
+            .collect()
+    }
+}
+
+/// One finished item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemResult {
+    /// The item ([`Inputs::items`]).
+    pub item: usize,
+    /// Its row's id and probabilities (A, B, tie, in the item's own order).
+    pub prediction: Prediction,
+}
+
 /// What a checkpoint held when it was loaded.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Resumed {
-    /// The finished predictions, in the order they were appended.
-    pub predictions: Vec<Prediction>,
-    /// Bytes of an incomplete last line that were ignored (and cut off by
-    /// [`Checkpoint::resume`]); 0 when the file ended cleanly.
+    /// The finished items, in the order they were appended.
+    pub results: Vec<ItemResult>,
+    /// Bytes of an incomplete last line that were ignored (and are cut off when the checkpoint
+    /// is opened again); 0 when the file ended cleanly.
     pub torn_bytes: usize,
+    /// Whether the file exists.
+    pub exists: bool,
 }
 
-/// Reads a checkpoint without changing it. A missing file reads as empty.
-///
-/// Every line ending in `\n` must parse; bytes after the last `\n` are a torn write and are
-/// ignored (counted in [`Resumed::torn_bytes`]).
+/// Reads and validates a checkpoint without changing it. A missing file reads as empty.
 ///
 /// # Errors
-/// The file cannot be read, or a complete line does not parse (the message gives the line).
-pub fn read_checkpoint(path: &Path) -> Result<Resumed> {
+/// The file cannot be read; its header is missing or records other settings (the message lists
+/// them); or a complete line is not `item,id,p_a,p_b,p_tie` for an item of `inputs` with that
+/// id, is a duplicate, or is not a distribution (the message gives the file and line).
+pub fn read_checkpoint(path: &Path, settings: &Settings, inputs: &Inputs) -> Result<Resumed> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Resumed::default()),
@@ -49,26 +115,86 @@ pub fn read_checkpoint(path: &Path) -> Result<Resumed> {
     let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let text = std::str::from_utf8(&bytes[..complete])
         .with_context(|| format!("checkpoint {} is not UTF-8", path.display()))?;
-    let mut predictions = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        predictions.push(parse_line(line).with_context(|| {
-            format!(
-                "checkpoint {} line {} is corrupt; delete the file to start over",
-                path.display(),
-                i + 1
-            )
-        })?);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or("");
+    let Some(theirs) = Settings::parse(header) else {
+        bail!(
+            "{} is not an arena_judge checkpoint (no settings line); delete it to start over",
+            path.display()
+        );
+    };
+    let diff = settings.differences(&theirs);
+    ensure!(
+        diff.is_empty(),
+        "cannot resume from {}: it was written with other settings ({}); rerun with those, or \
+         delete it to start over",
+        path.display(),
+        diff.join("; ")
+    );
+    let mut seen = vec![false; inputs.items()];
+    let mut results = Vec::new();
+    for (i, line) in lines.enumerate() {
+        let at = || format!("checkpoint {} line {}", path.display(), i + 2);
+        let r = parse_item(line).with_context(|| format!("{}: corrupt", at()))?;
+        ensure!(
+            r.item < inputs.items(),
+            "{}: item {} is not an item of this run",
+            at(),
+            r.item
+        );
+        let (e, _) = inputs.item_entry(r.item);
+        let entry = &inputs.entries[e];
+        ensure!(
+            entry.id == r.prediction.id && inputs.item_prompt(r.item).is_some(),
+            "{}: item {} is id {}, but this run's item {} is id {}",
+            at(),
+            r.item,
+            r.prediction.id,
+            r.item,
+            entry.id
+        );
+        ensure!(!seen[r.item], "{}: item {} appears twice", at(), r.item);
+        seen[r.item] = true;
+        validate(&r.prediction).with_context(at)?;
+        results.push(r);
     }
     Ok(Resumed {
-        predictions,
+        results,
         torn_bytes: bytes.len() - complete,
+        exists: true,
     })
 }
 
-/// An append-only file of finished predictions, for resuming an interrupted run.
+fn format_item(r: &ItemResult) -> String {
+    let p = &r.prediction;
+    format!(
+        "{},{},{},{},{}",
+        r.item, p.id, p.probs[0], p.probs[1], p.probs[2]
+    )
+}
+
+fn parse_item(line: &str) -> Result<ItemResult> {
+    let f: Vec<&str> = line.split(',').collect();
+    ensure!(f.len() == 5, "expected 5 comma-separated fields: {line:?}");
+    let item = f[0]
+        .parse()
+        .with_context(|| format!("bad item {:?}", f[0]))?;
+    let mut probs = [0.0; 3];
+    for (p, v) in probs.iter_mut().zip(&f[2..]) {
+        *p = v
+            .parse()
+            .with_context(|| format!("bad probability {v:?}"))?;
+    }
+    Ok(ItemResult {
+        item,
+        prediction: Prediction {
+            id: f[1].to_string(),
+            probs,
+        },
+    })
+}
+
+/// An append-only file of finished items, for resuming an interrupted run.
 #[derive(Debug)]
 pub struct Checkpoint {
     file: File,
@@ -76,17 +202,21 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Starts a fresh checkpoint at `path`, discarding any previous content.
+    /// Starts a fresh checkpoint at `path` holding only the settings line, discarding any
+    /// previous content.
     ///
     /// # Errors
-    /// The file cannot be created.
-    pub fn create(path: &Path) -> Result<Checkpoint> {
-        let file = OpenOptions::new()
+    /// The file cannot be created or written.
+    pub fn create(path: &Path, settings: &Settings) -> Result<Checkpoint> {
+        let mut file = OpenOptions::new()
             .create(true)
             .write(true)
             .truncate(true)
             .open(path)
             .with_context(|| format!("cannot create checkpoint {}", path.display()))?;
+        writeln!(file, "{}", settings.header())
+            .and_then(|_| file.sync_all())
+            .with_context(|| format!("cannot write checkpoint {}", path.display()))?;
         sync_dir(&parent_dir(path));
         Ok(Checkpoint {
             file,
@@ -94,16 +224,16 @@ impl Checkpoint {
         })
     }
 
-    /// Opens the checkpoint at `path` for resuming: loads its finished predictions (see
-    /// [`read_checkpoint`]), cuts off a torn last line so new lines start cleanly, and appends
-    /// from there. A missing file starts empty.
+    /// Continues the checkpoint at `path` that [`read_checkpoint`] loaded as `resumed` (creates
+    /// it when it did not exist): cuts off a torn last line so new lines start cleanly.
     ///
     /// # Errors
-    /// As [`read_checkpoint`], or the file cannot be opened or truncated.
-    pub fn resume(path: &Path) -> Result<(Checkpoint, Resumed)> {
-        let resumed = read_checkpoint(path)?;
+    /// The file cannot be opened or truncated.
+    pub fn resume(path: &Path, settings: &Settings, resumed: &Resumed) -> Result<Checkpoint> {
+        if !resumed.exists {
+            return Self::create(path, settings);
+        }
         let file = OpenOptions::new()
-            .create(true)
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open checkpoint {}", path.display()))?;
@@ -117,26 +247,22 @@ impl Checkpoint {
             file.sync_all()
                 .with_context(|| format!("cannot fsync {}", path.display()))?;
         }
-        sync_dir(&parent_dir(path));
-        Ok((
-            Checkpoint {
-                file,
-                path: path.to_path_buf(),
-            },
-            resumed,
-        ))
+        Ok(Checkpoint {
+            file,
+            path: path.to_path_buf(),
+        })
     }
 
-    /// Appends one batch of predictions with a single write, then flushes and fsyncs, so after
-    /// it returns the batch survives a kill or a crash.
+    /// Appends one batch of results with a single write, then flushes and fsyncs, so after it
+    /// returns the batch survives a kill or a crash.
     ///
     /// # Errors
     /// A prediction fails [`validate`] (nothing is written then), or an I/O error occurs.
-    pub fn append(&mut self, predictions: &[Prediction]) -> Result<()> {
+    pub fn append(&mut self, results: &[ItemResult]) -> Result<()> {
         let mut buf = String::new();
-        for p in predictions {
-            validate(p)?;
-            buf.push_str(&format_line(p));
+        for r in results {
+            validate(&r.prediction)?;
+            buf.push_str(&format_item(r));
             buf.push('\n');
         }
         self.file
@@ -165,47 +291,32 @@ impl Checkpoint {
     }
 }
 
-/// The probabilities of each entry (A, B, tie), by entry index; `None` until judged.
+/// The probabilities of each item (A, B, tie in the item's own order); `None` until judged.
 pub type Results = Vec<Option<[f64; 3]>>;
 
-/// Opens the checkpoint of `out`: a fresh one, or with `resume` the existing one. Returns it
-/// with the prediction of every entry it already holds (by entry index) and their count.
+/// Loads what an earlier run left in the checkpoint of `out` (nothing is written here; the
+/// checkpoint file is created or continued later, by [`Checkpoint::create`] or
+/// [`Checkpoint::resume`], once the model has loaded).
 ///
 /// # Errors
-/// Without `resume`, a non-empty checkpoint already exists (it is never silently discarded). With
-/// `resume`, the data has duplicate ids, or the checkpoint is corrupt or holds an id that this
-/// run does not judge (it was written for other data or another `--validate`).
-pub fn open_checkpoint(
+/// Without `resume`, a checkpoint holding work exists (it is never silently discarded). With
+/// `resume`, as [`read_checkpoint`].
+pub fn load(
     out: &Path,
     resume: bool,
-    data: &Path,
-    entries: &[Entry],
-) -> Result<(Checkpoint, Results, usize)> {
+    settings: &Settings,
+    inputs: &Inputs,
+) -> Result<(Resumed, Results)> {
     let path = checkpoint_path(out);
-    let mut results = vec![None; entries.len()];
+    let mut results = vec![None; inputs.items()];
     if !resume {
-        // An empty one (a run that failed before its first batch) holds nothing to lose.
-        let holds_work = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
         ensure!(
-            !holds_work,
+            !path.exists(),
             "checkpoint {} exists from an interrupted run: pass --resume to continue it, or delete \
              it to start over",
             path.display()
         );
-        return Ok((Checkpoint::create(&path)?, results, 0));
-    }
-    let mut judged = HashMap::new();
-    for (i, e) in entries
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.prompt.is_some())
-    {
-        ensure!(
-            judged.insert(e.id, i).is_none(),
-            "--resume needs unique ids, but {} has id {} twice",
-            data.display(),
-            e.id
-        );
+        return Ok((Resumed::default(), results));
     }
     if !path.exists() {
         eprintln!(
@@ -213,27 +324,16 @@ pub fn open_checkpoint(
             path.display()
         );
     }
-    let (checkpoint, resumed) = Checkpoint::resume(&path)?;
+    let resumed = read_checkpoint(&path, settings, inputs)?;
     if resumed.torn_bytes > 0 {
         eprintln!(
-            "note: dropped the torn last line ({} bytes) of {}",
+            "note: dropping the torn last line ({} bytes) of {}",
             resumed.torn_bytes,
             path.display()
         );
     }
-    for p in resumed.predictions {
-        let Some(&i) = judged.get(&p.id) else {
-            bail!(
-                "cannot resume from {}: it holds id {}, which is not among the rows this run \
-                 judges from {} (was it written for other --data or --validate? delete it to \
-                 start over)",
-                path.display(),
-                p.id,
-                data.display()
-            );
-        };
-        results[i] = Some(p.probs);
+    for r in &resumed.results {
+        results[r.item] = Some(r.prediction.probs);
     }
-    let n = results.iter().flatten().count();
-    Ok((checkpoint, results, n))
+    Ok((resumed, results))
 }

@@ -85,8 +85,8 @@ impl Label {
 /// One successfully parsed arena row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
-    /// Kaggle row id (values exceed `u32`).
-    pub id: u64,
+    /// The row id, exactly as in the file (`007` stays `007`).
+    pub id: String,
     /// The user turns; `None` where the JSON entry was `null`.
     pub prompt: Vec<Option<String>>,
     /// Model A's turns; `None` where the JSON entry was `null`.
@@ -106,8 +106,8 @@ pub struct RowError {
     pub row: usize,
     /// 1-based line of the file where the record starts (fields may span lines).
     pub line: u64,
-    /// The row's id, when the id field itself parsed.
-    pub id: Option<u64>,
+    /// The row's id, when the id field itself is usable.
+    pub id: Option<String>,
     /// What went wrong.
     pub reason: String,
 }
@@ -121,7 +121,7 @@ impl fmt::Display for RowError {
             self.row,
             self.line
         )?;
-        if let Some(id) = self.id {
+        if let Some(id) = &self.id {
             write!(f, ", id {id}")?;
         }
         write!(f, "): {}", self.reason)
@@ -306,11 +306,11 @@ fn parse_record(
     row: usize,
     line: u64,
 ) -> Result<Row, RowError> {
-    let err = |id: Option<u64>, reason: String| RowError {
+    let err = |id: Option<&str>, reason: String| RowError {
         file: source.to_path_buf(),
         row,
         line,
-        id,
+        id: id.map(str::to_string),
         reason,
     };
     let field = |i: usize, name: &str| -> Result<Cow<'_, str>, String> {
@@ -324,13 +324,8 @@ fn parse_record(
     };
 
     let id_text = field(columns.id, "id").map_err(|r| err(None, r))?;
-    let parsed_id = id_text.trim().parse::<u64>().map_err(|e| {
-        err(
-            None,
-            format!("id {:?} is not an unsigned integer: {e}", id_text),
-        )
-    })?;
-    let id = Some(parsed_id);
+    check_id(&id_text).map_err(|r| err(None, r))?;
+    let id = Some(id_text.as_ref());
 
     let turns = |i: usize, name: &str| -> Result<Vec<Option<String>>, RowError> {
         let text = field(i, name).map_err(|r| err(id, r))?;
@@ -361,12 +356,31 @@ fn parse_record(
     };
 
     Ok(Row {
-        id: parsed_id,
+        id: id_text.into_owned(),
         prompt,
         response_a,
         response_b,
         label,
     })
+}
+
+/// Whether `id` can name a submission row: not empty, and free of what a CSV field would have
+/// to quote (`,`, `"`, line breaks) and of surrounding spaces, so the submission can carry it
+/// exactly as given.
+///
+/// # Errors
+/// A message saying what is wrong with the id.
+pub fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("the id is empty".into());
+    }
+    if id.contains([',', '"', '\r', '\n']) || id.trim() != id {
+        return Err(format!(
+            "id {id:?} cannot be written to a submission as given (it holds a comma, a quote, \
+             a line break or surrounding spaces)"
+        ));
+    }
+    Ok(())
 }
 
 /// Parses one turn-list cell: a JSON list whose entries are strings or `null`.

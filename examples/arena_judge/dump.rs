@@ -2,11 +2,12 @@
 //! replaying the judge's exact work elsewhere (a PyTorch peer runs the same ids in the same
 //! batches).
 //!
-//! Each line: `id`, `batch` (index of the forward pass in the batch plan, `null` for a malformed
-//! row), `position` (the row's place in that batch's plan, shortest first), `tokens`,
-//! `truncated`, `token_ids`, and `prompt` (the ids decoded with special tokens kept: the exact
-//! text the model saw, truncation marks included). The file is written atomically, in input
-//! order.
+//! Each line: `id`, `swapped` (with `--swap`, the second order of a row), `batch` (index of the
+//! forward pass in the batch plan, `null` for a malformed row), `position` (the prompt's place
+//! in that batch's plan, shortest first), `tokens`, `truncated`, `token_ids`, and `prompt` (the
+//! ids decoded with special tokens kept: the exact text the model saw, truncation marks
+//! included). The file is written atomically, in item order: every row as given in input
+//! order, then with `--swap` every row swapped.
 
 use std::path::Path;
 
@@ -15,13 +16,14 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use crate::files::write_atomically;
-use crate::inputs::Entry;
+use crate::inputs::Inputs;
 use crate::plan::Batch;
 
 /// One line of the dump.
 #[derive(Debug, Serialize)]
 struct Line<'a> {
-    id: u64,
+    id: &'a str,
+    swapped: bool,
     batch: Option<usize>,
     position: Option<usize>,
     tokens: usize,
@@ -30,25 +32,27 @@ struct Line<'a> {
     token_ids: Option<&'a [u32]>,
 }
 
-/// Writes the dump of `entries` under the batch `plan` to `path`.
+/// Writes the dump of the items of `inputs` under the batch `plan` to `path`.
 ///
 /// # Errors
 /// Decoding a prompt fails, or the file cannot be written (the message names it).
 pub fn write_prompts(
     path: &Path,
-    entries: &[Entry],
+    inputs: &Inputs,
     plan: &[Batch],
     tokenizer: &Tokenizer,
 ) -> Result<()> {
-    let mut place = vec![None; entries.len()];
+    let mut place = vec![None; inputs.items()];
     for (b, batch) in plan.iter().enumerate() {
-        for (k, &e) in batch.entries.iter().enumerate() {
-            place[e] = Some((b, k));
+        for (k, &i) in batch.items.iter().enumerate() {
+            place[i] = Some((b, k));
         }
     }
     let mut text = String::new();
-    for (entry, place) in entries.iter().zip(&place) {
-        let ids = entry.prompt.as_deref();
+    for (item, place) in place.iter().enumerate() {
+        let (e, swapped) = inputs.item_entry(item);
+        let entry = &inputs.entries[e];
+        let ids = inputs.item_prompt(item).map(|p| &p[..]);
         let prompt = ids
             .map(|ids| {
                 tokenizer
@@ -57,7 +61,8 @@ pub fn write_prompts(
             })
             .transpose()?;
         let line = Line {
-            id: entry.id,
+            id: &entry.id,
+            swapped,
             batch: place.map(|p| p.0),
             position: place.map(|p| p.1),
             tokens: ids.map_or(0, <[u32]>::len),

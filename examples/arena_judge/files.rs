@@ -82,3 +82,114 @@ pub fn sync_dir(dir: &Path) {
         let _ = d.sync_all();
     }
 }
+
+/// The file a submission for `--out out` is written to, checked before any work: `out`
+/// itself, or the file a symlink at `out` points to (the link stays a link). Refuses an `out`
+/// that is a directory, a device or anything else but a regular file, whose directory does not
+/// exist, or that is the input file `data`.
+///
+/// # Errors
+/// Any of the above, naming the path.
+pub fn output_path(out: &Path, data: &Path) -> anyhow::Result<PathBuf> {
+    let real = match fs::symlink_metadata(out) {
+        Ok(m) if m.file_type().is_symlink() => match fs::canonicalize(out) {
+            Ok(target) => target,
+            // A dangling link: write the file it names.
+            Err(_) => {
+                let target = fs::read_link(out)
+                    .with_context(|| format!("cannot read the link {}", out.display()))?;
+                parent_dir(out).join(target)
+            }
+        },
+        _ => out.to_path_buf(),
+    };
+    match fs::metadata(&real) {
+        Ok(m) => anyhow::ensure!(
+            m.is_file(),
+            "--out {} is not a regular file (a directory, device or socket): refusing to replace it",
+            out.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = parent_dir(&real);
+            anyhow::ensure!(
+                dir.is_dir(),
+                "--out {}: the directory {} does not exist",
+                out.display(),
+                dir.display()
+            );
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot inspect --out {}", out.display()))
+        }
+    }
+    if let (Ok(a), Ok(b)) = (fs::canonicalize(&real), fs::canonicalize(data)) {
+        anyhow::ensure!(
+            a != b,
+            "--out {} is the input file {}: refusing to overwrite the data",
+            out.display(),
+            data.display()
+        );
+    }
+    Ok(real)
+}
+
+/// A 64-bit FNV-1a hash of a file's bytes, in hex: enough to tell two data files apart (not a
+/// cryptographic hash).
+///
+/// # Errors
+/// The file cannot be read.
+pub fn content_hash(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Ok(format!("{hash:016x}"))
+}
+
+/// A model's identity for checkpoints: its path, and the size and modification time of the
+/// file (or of every file of the directory).
+///
+/// # Errors
+/// The path cannot be read.
+pub fn model_identity(path: &Path) -> anyhow::Result<String> {
+    let describe = |p: &Path| -> anyhow::Result<String> {
+        let m = fs::metadata(p).with_context(|| format!("cannot inspect {}", p.display()))?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        Ok(format!(
+            "{}:{}:{mtime}",
+            p.file_name().unwrap_or_default().to_string_lossy(),
+            m.len()
+        ))
+    };
+    let canonical = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut parts = vec![canonical.display().to_string()];
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = fs::read_dir(path)
+            .with_context(|| format!("cannot list {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for f in files {
+            parts.push(describe(&f)?);
+        }
+    } else {
+        parts.push(describe(path)?);
+    }
+    Ok(parts.join(" "))
+}

@@ -16,6 +16,7 @@
 //! left and joined the persistent batch, then `update_state`, the forward pass, and `apply` on
 //! the logits in place. Batching is [`plan`], resuming [`checkpoint`], reporting [`report`].
 
+mod calibration;
 mod checkpoint;
 mod data;
 mod dump;
@@ -103,10 +104,21 @@ struct Cli {
     /// Run on the CPU even when CUDA is available
     #[arg(long)]
     cpu: bool,
-    /// Also write what the model sees to FILE, one JSON line per row: id, batch, position,
-    /// tokens, truncated, prompt (decoded ids), token_ids
+    /// Also write what the model sees to FILE, one JSON line per judged prompt: id, swapped,
+    /// batch, position, tokens, truncated, prompt (decoded ids), token_ids
     #[arg(long, value_name = "FILE")]
-    dump_prompts: Option<std::path::PathBuf>,
+    dump_prompts: Option<PathBuf>,
+    /// Judge every row in both orders (responses A and B exchanged) and average, the swapped
+    /// order's A and B exchanged back (twice the work)
+    #[arg(long)]
+    swap: bool,
+    /// Fit a calibration (temperature + class bias, optionally a length feature) on the labelled
+    /// rows, report its 5-fold cross-validated log loss, and write it to OUT.json
+    #[arg(long, value_name = "OUT.json")]
+    calibrate: Option<PathBuf>,
+    /// Apply a calibration written by --calibrate to the probabilities
+    #[arg(long, value_name = "FILE")]
+    calibration: Option<PathBuf>,
 }
 
 /// `--layout`.
@@ -131,16 +143,68 @@ fn main() -> ExitCode {
     }
 }
 
+/// Most rows per batch accepted (`--max-batch-rows`).
+const MAX_BATCH_ROWS: usize = 4096;
+/// Most padded tokens per batch accepted (`--token-budget`).
+const MAX_TOKEN_BUDGET: usize = 1 << 24;
+
 /// Judges the rows of `cli.data`, writes the submission and returns the run's summary.
 ///
 /// # Errors
 /// Bad arguments, unreadable inputs or model, or a failure while judging or writing; the
 /// message names the file at fault.
 fn run(cli: Cli) -> Result<Summary> {
+    judge(prepare(cli)?)
+}
+
+/// A run ready to judge: everything checked, read, encoded and planned; nothing written but the
+/// prompt dump.
+struct Prepared {
+    cli: Cli,
+    data: PathBuf,
+    out: PathBuf,
+    calibration: Option<calibration::Fit>,
+    source: setup::ModelSource,
+    max_model_len: usize,
+    choices: [u32; 3],
+    inputs: inputs::Inputs,
+    device: candle_core::Device,
+    dtype: DType,
+    plan: Vec<plan::Batch>,
+    /// What produced this run: a checkpoint written with other settings is refused.
+    settings: checkpoint::Settings,
+}
+
+/// Checks the arguments and the output path, reads the model's configuration and the rows,
+/// encodes and plans them.
+///
+/// # Errors
+/// As [`run`], for everything before the model is loaded.
+fn prepare(cli: Cli) -> Result<Prepared> {
     ensure!(
-        cli.token_budget != Some(0) && cli.max_batch_rows > 0,
-        "--token-budget and --max-batch-rows must be positive"
+        (1..=MAX_BATCH_ROWS).contains(&cli.max_batch_rows),
+        "--max-batch-rows {} is out of range (1 to {MAX_BATCH_ROWS})",
+        cli.max_batch_rows
     );
+    if let Some(b) = cli.token_budget {
+        ensure!(
+            (1..=MAX_TOKEN_BUDGET).contains(&b),
+            "--token-budget {b} is out of range (1 to {MAX_TOKEN_BUDGET})"
+        );
+    }
+    ensure!(
+        !(cli.calibrate.is_some() && cli.calibration.is_some()),
+        "--calibrate fits a calibration and --calibration applies one: pass one of them"
+    );
+    let data = cli.data.clone().unwrap_or_else(setup::demo_data);
+    // Where the submission goes, checked before any work (a symlink is written through).
+    let out = files::output_path(&cli.out, &data)?;
+    let calibration = cli
+        .calibration
+        .as_deref()
+        .map(calibration::load)
+        .transpose()?;
+
     let demo = cli.model.is_none() && cli.data.is_none();
     let (validate, max_model_len) = if demo {
         let validate = cli.validate.unwrap_or(DEMO_ROWS);
@@ -169,37 +233,89 @@ fn run(cli: Cli) -> Result<Summary> {
     };
     let encoder = PromptEncoder::new(&tokenizer, layout, max_model_len)?;
     let choices = prompt::choice_ids(&tokenizer)?;
-    let data = cli.data.clone().unwrap_or_else(setup::demo_data);
-    let inputs = inputs::load_inputs(&data, validate, &encoder)?;
+    let inputs = inputs::load_inputs(&data, validate, &encoder, cli.swap)?;
+    if cli.calibrate.is_some() {
+        ensure!(
+            inputs.entries.iter().all(|e| e.label.is_some()),
+            "--calibrate needs labelled rows: pass a train-layout --data with --validate N"
+        );
+    }
     let (device, dtype) = setup::device_and_dtype(cli.cpu, cli.dtype)?;
     let token_budget = cli
         .token_budget
         .unwrap_or(if device.is_cuda() { 16384 } else { 2048 });
-    let plan = plan::plan_batches(&inputs.entries, token_budget, cli.max_batch_rows);
+    let plan = plan::plan_batches(&inputs, token_budget, cli.max_batch_rows);
     if let Some(path) = &cli.dump_prompts {
-        dump::write_prompts(path, &inputs.entries, &plan, &tokenizer)?;
+        dump::write_prompts(path, &inputs, &plan, &tokenizer)?;
         println!(
             "prompts, token ids and batch plan written to {}",
             path.display()
         );
     }
-    let (mut checkpoint, mut results, resumed) =
-        checkpoint::open_checkpoint(&cli.out, cli.resume, &data, &inputs.entries)?;
+    let settings = checkpoint::Settings::default()
+        .with("data", files::content_hash(&data)?)
+        .with("model", files::model_identity(&source.path)?)
+        .with("layout", format!("{layout:?}"))
+        .with("max_model_len", max_model_len)
+        .with("validate", format!("{validate:?}"))
+        .with("dtype", format!("{dtype:?}"))
+        .with("device", if device.is_cuda() { "cuda" } else { "cpu" })
+        .with("swap", cli.swap)
+        .with("token_budget", token_budget)
+        .with("max_batch_rows", cli.max_batch_rows);
+    Ok(Prepared {
+        cli,
+        data,
+        out,
+        calibration,
+        source,
+        max_model_len,
+        choices,
+        inputs,
+        device,
+        dtype,
+        plan,
+        settings,
+    })
+}
+
+/// Loads the model and judges a prepared run: the engine loop, then the submission.
+///
+/// # Errors
+/// As [`run`], for everything from the model load on.
+fn judge(p: Prepared) -> Result<Summary> {
+    let Prepared {
+        cli,
+        data,
+        out,
+        calibration,
+        source,
+        max_model_len,
+        choices,
+        inputs,
+        device,
+        dtype,
+        plan,
+        settings,
+    } = p;
+    let (resumed, mut results) = checkpoint::load(&out, cli.resume, &settings, &inputs)?;
 
     let loading = Instant::now();
     let model = Qwen2::load(&source.path, &device, dtype)?;
     println!(
-        "model {}: {} layers, vocab {}, {device:?} {dtype:?}, loaded in {:.1} s; {} rows, {} batches",
+        "model {}: {} layers, vocab {}, {device:?} {dtype:?}, loaded in {:.1} s; {} rows{}, {} batches",
         source.path.display(),
         model.config().num_hidden_layers,
         model.config().vocab_size,
         loading.elapsed().as_secs_f64(),
         inputs.entries.len(),
+        if inputs.swap { " in both orders" } else { "" },
         plan.len()
     );
+    let mut checkpoint =
+        checkpoint::Checkpoint::resume(&checkpoint::checkpoint_path(&out), &settings, &resumed)?;
 
     // The engine: one processor for the whole run, told at every step how the batch changed.
-    let entries = &inputs.entries;
     let processor_config = ProcessorConfig::new(
         cli.max_batch_rows,
         model.config().vocab_size,
@@ -212,12 +328,12 @@ fn run(cli: Cli) -> Result<Summary> {
     let mut changes = BatchUpdateBuilder::new();
     let mut in_batch = 0; // rows of the persistent batch in use
     let pending = |b: &plan::Batch, results: &[Option<[f64; 3]>]| {
-        b.entries.iter().any(|&e| results[e].is_none())
+        b.items.iter().any(|&i| results[i].is_none())
     };
     let mut meter = report::Meter::new(
         plan.iter()
             .filter(|b| pending(b, &results))
-            .map(|b| b.entries.len())
+            .map(|b| b.items.len())
             .sum(),
     );
     for batch in &plan {
@@ -228,17 +344,17 @@ fn run(cli: Cli) -> Result<Summary> {
         for row in 0..in_batch {
             changes.remove(row);
         }
-        let n = batch.entries.len();
-        let mut at_row = vec![0; n]; // entry of each row
-        for (k, &e) in batch.entries.iter().enumerate() {
+        let n = batch.items.len();
+        let mut at_row = vec![0; n]; // item of each row
+        for (k, &item) in batch.items.iter().enumerate() {
             let row = changes.pop_removed().unwrap_or(k);
             changes.add(
                 row,
                 params.clone(),
-                entries[e].prompt.clone(),
+                inputs.item_prompt(item).cloned(),
                 OutputTokens::new(),
             );
-            at_row[row] = e;
+            at_row[row] = item;
         }
         force.update_state(changes.build(n).as_ref())?;
         in_batch = n;
@@ -246,7 +362,7 @@ fn run(cli: Cli) -> Result<Summary> {
         // Forward pass, then the mask, in place: only A, B and tie keep their logits.
         let rows: Vec<&[u32]> = at_row
             .iter()
-            .map(|&e| entries[e].prompt.as_deref().unwrap())
+            .map(|&i| inputs.item_prompt(i).map_or(&[][..], |p| &p[..]))
             .collect();
         let logits = model.last_logits(&rows)?;
         force.apply(&logits)?;
@@ -257,7 +373,7 @@ fn run(cli: Cli) -> Result<Summary> {
             .index_select(&choice_columns, 1)?
             .to_vec2::<f32>()?;
         let (mut new, mut fallbacks) = (Vec::with_capacity(n), 0);
-        for (&e, lp) in at_row.iter().zip(&choice_logp) {
+        for (&item, lp) in at_row.iter().zip(&choice_logp) {
             let p = softmax3([lp[0], lp[1], lp[2]]);
             let mass: f32 = lp.iter().map(|l| l.exp()).sum();
             ensure!(
@@ -265,30 +381,86 @@ fn run(cli: Cli) -> Result<Summary> {
                 "ForceToken left mass outside A/B/tie"
             );
             fallbacks += usize::from(p.fallback);
-            if results[e].is_none() {
-                new.push(Prediction {
-                    id: entries[e].id,
-                    probs: p.probs,
+            if results[item].is_none() {
+                let (e, _) = inputs.item_entry(item);
+                new.push(checkpoint::ItemResult {
+                    item,
+                    prediction: Prediction {
+                        id: inputs.entries[e].id.clone(),
+                        probs: p.probs,
+                    },
                 });
             }
-            results[e] = Some(p.probs);
+            results[item] = Some(p.probs);
         }
         checkpoint.append(&new)?;
         meter.record(batch, new.len(), fallbacks);
     }
     let (counts, elapsed) = meter.finish();
+    ensure!(
+        counts.rows == 0 || counts.fallbacks < counts.rows,
+        "every judged row gave non-finite logits and fell back to uniform: the model is broken \
+         (no submission written)"
+    );
 
-    let predictions = output::assemble(entries, &results);
-    output::write_submission(&cli.out, &predictions)?;
+    let entries = &inputs.entries;
+    let raw = metrics::score_raw(&inputs, &results)?;
+    let mut predictions = output::assemble(&inputs, &results);
+    let swapped = inputs
+        .swap
+        .then(|| metrics::score(entries, &predictions))
+        .transpose()?
+        .flatten();
+    let mut calibrated = None;
+    if let Some(fit) = &calibration {
+        for (p, e) in predictions.iter_mut().zip(entries) {
+            if e.prompt.is_some() {
+                p.probs = fit.calibration.apply(&calibration::Sample::new(e, p.probs));
+            }
+        }
+        calibrated = metrics::score(entries, &predictions)?;
+    }
+    let mut fit_report = None;
+    if let Some(path) = &cli.calibrate {
+        let (samples, labels): (Vec<_>, Vec<_>) = entries
+            .iter()
+            .zip(&predictions)
+            .filter(|(e, _)| e.prompt.is_some())
+            .map(|(e, p)| {
+                (
+                    calibration::Sample::new(e, p.probs),
+                    e.label.expect("labelled"),
+                )
+            })
+            .unzip();
+        let fit = calibration::fit_with_cv(
+            &samples,
+            &labels,
+            format!(
+                "{} on {} ({} rows{})",
+                source.path.display(),
+                data.display(),
+                samples.len(),
+                if inputs.swap { ", --swap" } else { "" }
+            ),
+        )?;
+        calibration::save(path, &fit)?;
+        fit_report = Some((path.clone(), fit));
+    }
+    output::write_submission(&out, &predictions)?;
     checkpoint.remove()?;
     Ok(Summary {
-        out: cli.out.clone(),
+        out,
         rows: predictions.len(),
-        resumed,
+        resumed: resumed.results.len(),
         malformed: inputs.malformed,
         truncated: (inputs.truncated, max_model_len),
         counts,
         seconds: elapsed.as_secs_f64(),
+        raw,
+        swapped,
+        calibrated,
+        fit: fit_report,
         score: metrics::score(entries, &predictions)?,
     })
 }

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, ensure, Result};
 
-use crate::inputs::Entry;
+use crate::inputs::{Entry, Inputs};
 use crate::output::{Prediction, UNIFORM};
 
 /// Result of [`softmax3`].
@@ -117,4 +117,36 @@ pub fn score(entries: &[Entry], predictions: &[Prediction]) -> Result<Option<(f6
     let loss = log_loss(&probs, &labels)?;
     let acc = accuracy(&probs, &labels)?;
     Ok(Some((loss, acc, labels.len())))
+}
+
+/// Log loss, accuracy and count over the labelled entries of the items as given (the first
+/// order only, before any averaging or calibration); `None` without labels.
+///
+/// # Errors
+/// Only on internal inconsistencies (see [`log_loss`]).
+pub fn score_raw(
+    inputs: &Inputs,
+    results: &[Option<[f64; 3]>],
+) -> Result<Option<(f64, f64, usize)>> {
+    let (probs, labels): (Vec<[f64; 3]>, Vec<usize>) = inputs
+        .entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let p = if e.prompt.is_some() {
+                results[i]?
+            } else {
+                UNIFORM
+            };
+            e.label.map(|l| (p, l))
+        })
+        .unzip();
+    if labels.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((
+        log_loss(&probs, &labels)?,
+        accuracy(&probs, &labels)?,
+        labels.len(),
+    )))
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{ensure, Context};
 
 use crate::files::write_atomically;
-use crate::inputs::Entry;
+use crate::inputs::Inputs;
 
 /// Header line of a submission file.
 pub const SUBMISSION_HEADER: &str = "id,winner_model_a,winner_model_b,winner_tie";
@@ -20,25 +20,25 @@ pub const UNIFORM: [f64; 3] = [1.0 / 3.0; 3];
 pub const SUM_TOLERANCE: f64 = 1e-6;
 
 /// The prediction of one row, probabilities in column order (A, B, tie).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
-    /// The row id.
-    pub id: u64,
+    /// The row id, exactly as in the input.
+    pub id: String,
     /// P(A wins), P(B wins), P(tie).
     pub probs: [f64; 3],
 }
 
-/// One submission/checkpoint line (no newline): `id,pa,pb,pt`, the id as an integer and the
+/// One submission line (no newline): `id,pa,pb,pt`, the id as given and the
 /// probabilities in shortest round-trip form.
 pub fn format_line(p: &Prediction) -> String {
     format!("{},{},{},{}", p.id, p.probs[0], p.probs[1], p.probs[2])
 }
 
+#[cfg(test)]
 /// Parses a line written by [`format_line`] (surrounding whitespace ignored).
 ///
 /// # Errors
-/// The line does not have four fields, the id is not an unsigned integer, or a probability is
-/// not a number.
+/// The line does not have four fields, or a probability is not a number.
 pub fn parse_line(line: &str) -> anyhow::Result<Prediction> {
     let fields: Vec<&str> = line.trim().split(',').collect();
     ensure!(
@@ -46,9 +46,7 @@ pub fn parse_line(line: &str) -> anyhow::Result<Prediction> {
         "expected 4 comma-separated fields, found {}: {line:?}",
         fields.len()
     );
-    let id = fields[0]
-        .parse::<u64>()
-        .with_context(|| format!("bad id {:?} in {line:?}", fields[0]))?;
+    let id = fields[0].to_string();
     let mut probs = [0.0; 3];
     for (p, f) in probs.iter_mut().zip(&fields[1..]) {
         *p = f
@@ -120,20 +118,38 @@ pub fn read_submission(path: &Path) -> anyhow::Result<Vec<Prediction>> {
         .collect()
 }
 
-/// The submission in input order: each judged entry's prediction, uniform for malformed ones.
+/// The submission in input order: each judged entry's prediction (with `--swap` the mean of its
+/// two orders, the swapped one's A and B exchanged back), uniform for malformed ones.
 ///
 /// # Panics
-/// If a judged entry has no prediction (the run loop fills them all).
-pub fn assemble(entries: &[Entry], results: &[Option<[f64; 3]>]) -> Vec<Prediction> {
-    entries
+/// If a judged item has no prediction (the run loop fills them all).
+pub fn assemble(inputs: &Inputs, results: &[Option<[f64; 3]>]) -> Vec<Prediction> {
+    let n = inputs.entries.len();
+    inputs
+        .entries
         .iter()
-        .zip(results)
-        .map(|(e, r)| Prediction {
-            id: e.id,
-            probs: match e.prompt {
+        .enumerate()
+        .map(|(e, entry)| {
+            let probs = match entry.prompt {
                 None => UNIFORM,
-                Some(_) => r.expect("every judged row has a prediction"),
-            },
+                Some(_) => {
+                    let p = results[e].expect("every judged item has a prediction");
+                    if inputs.swap {
+                        let q = results[n + e].expect("every judged item has a prediction");
+                        [
+                            (p[0] + q[1]) / 2.0,
+                            (p[1] + q[0]) / 2.0,
+                            (p[2] + q[2]) / 2.0,
+                        ]
+                    } else {
+                        p
+                    }
+                }
+            };
+            Prediction {
+                id: entry.id.clone(),
+                probs,
+            }
         })
         .collect()
 }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::calibration::Fit;
 use crate::plan::Batch;
 
 /// Counters of the rows judged by this process.
@@ -51,7 +52,7 @@ impl Meter {
     /// Records a finished batch, of which `new` rows had no prediction yet.
     pub fn record(&mut self, batch: &Batch, new: usize, fallbacks: usize) {
         let c = &mut self.counts;
-        c.rows += batch.entries.len();
+        c.rows += batch.items.len();
         c.judged += new;
         c.tokens += batch.tokens;
         c.padded += batch.padded();
@@ -59,7 +60,7 @@ impl Meter {
         let secs = self.start.elapsed().as_secs_f64().max(1e-9);
         self.bar
             .set_message(format!("{:.0} tokens/s", c.tokens as f64 / secs));
-        self.bar.inc(batch.entries.len() as u64);
+        self.bar.inc(batch.items.len() as u64);
     }
 
     /// Removes the bar; returns the counters and the time since [`Meter::new`].
@@ -86,8 +87,16 @@ pub struct Summary {
     pub counts: Counts,
     /// Seconds spent judging (forward passes and all) in this run.
     pub seconds: f64,
-    /// Log loss, accuracy and labelled rows, when the data has labels.
+    /// Log loss, accuracy and labelled rows of the written submission, when the data has labels.
     pub score: Option<(f64, f64, usize)>,
+    /// The same for the rows as given (the first order only, uncalibrated).
+    pub raw: Option<(f64, f64, usize)>,
+    /// The same for the mean of both orders, with `--swap`.
+    pub swapped: Option<(f64, f64, usize)>,
+    /// The same after `--calibration`.
+    pub calibrated: Option<(f64, f64, usize)>,
+    /// With `--calibrate`: where the fit went, and the fit.
+    pub fit: Option<(PathBuf, Fit)>,
 }
 
 impl Summary {
@@ -119,6 +128,30 @@ impl Summary {
                 3f64.ln()
             );
             println!("  accuracy     {acc:.4}");
+            let line = |name: &str, s: Option<(f64, f64, usize)>| {
+                if let Some((loss, acc, _)) = s {
+                    println!("    {name:<22} log loss {loss:.6}, accuracy {acc:.4}");
+                }
+            };
+            if self.swapped.is_some() || self.calibrated.is_some() {
+                line("as given", self.raw);
+                line("both orders (--swap)", self.swapped);
+                line("calibrated", self.calibrated);
+            }
+        }
+        if let Some((path, fit)) = &self.fit {
+            println!(
+                "  calibration  {} ({} rows, {}-fold cross-validated log loss):",
+                path.display(),
+                fit.rows,
+                fit.folds
+            );
+            println!("    {:<22} {:.6}", "raw", fit.raw_log_loss);
+            for (features, loss) in &fit.cv_log_loss {
+                println!("    {:<22} {loss:.6}", format!("{features:?}"));
+            }
+            println!("    {:<22} {:.6}", "uniform", fit.uniform_log_loss);
+            println!("    written: {:?}", fit.calibration);
         }
         println!("  submission   {}", self.out.display());
     }

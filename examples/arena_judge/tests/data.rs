@@ -40,7 +40,7 @@ fn train_first100_parses_every_row() {
 fn train_text_is_decoded_not_raw_json() {
     let rows = ok_rows(&train_path());
     // id 30192 has escaped surrogate pairs (\ud83c\udf4d = pineapple) in response_a.
-    let row = rows.iter().find(|r| r.id == 30192).unwrap();
+    let row = rows.iter().find(|r| r.id == "30192").unwrap();
     let text = row.response_a[1].as_deref().unwrap();
     assert!(text.contains('\u{1F34D}'), "surrogate pair not decoded");
     assert!(!text.contains("\\u"));
@@ -63,10 +63,10 @@ fn test_csv_parses_without_labels() {
     assert_eq!(csv.format, Format::Test);
     let rows = ok_rows(&test_path());
     assert_eq!(rows.len(), 3);
-    let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
-    let direct: Vec<u64> = direct_csv(&test_path()).iter().map(|d| d.0).collect();
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let direct: Vec<String> = direct_csv(&test_path()).into_iter().map(|d| d.0).collect();
     assert_eq!(ids, direct);
-    assert_eq!(ids, vec![136060, 211333, 1233961]);
+    assert_eq!(ids, vec!["136060", "211333", "1233961"]);
     assert!(rows.iter().all(|r| r.label.is_none()));
     assert_eq!(rows[0].response_a, vec![s("You have two oranges today.")]);
 }
@@ -83,10 +83,10 @@ fn null_turns_and_large_ids() {
     );
     let rows = ok_rows(&path);
     assert_eq!(rows.len(), 2);
-    assert_eq!(rows[0].id, 4_294_947_231);
+    assert_eq!(rows[0].id, "4294947231");
     assert_eq!(rows[0].prompt, vec![None]);
     assert_eq!(rows[0].response_a, vec![None]);
-    assert_eq!(rows[1].id, 5_000_000_000);
+    assert_eq!(rows[1].id, "5000000000");
     assert_eq!(rows[1].prompt, vec![s("q1"), s("q2")]);
     assert_eq!(rows[1].response_a, vec![s("a1"), None]);
     assert_eq!(rows[1].response_b, vec![None, s("b2")]);
@@ -144,7 +144,7 @@ fn malformed_rows_are_per_row_errors() {
         header.to_string(),
         good(1),
         "2,m1,m2,\"[\"\"unterminated]\",\"[\"\"a\"\"]\",\"[\"\"b\"\"]\",0,1,0\n".to_string(),
-        "x3,m1,m2,\"[\"\"hi\"\"]\",\"[\"\"a\"\"]\",\"[\"\"b\"\"]\",0,1,0\n".to_string(),
+        ",m1,m2,\"[\"\"hi\"\"]\",\"[\"\"a\"\"]\",\"[\"\"b\"\"]\",0,1,0\n".to_string(),
         "4,m1,m2,\"[\"\"hi\"\"]\"\n".to_string(),
         "5,m1,m2,\"[\"\"hi\"\"]\",\"[\"\"a\"\"]\",\"[\"\"b\"\"]\",1,1,0\n".to_string(),
         "6,m1,m2,\"{\"\"not\"\": 1}\",\"[\"\"a\"\"]\",\"[\"\"b\"\"]\",0,1,0\n".to_string(),
@@ -155,17 +155,19 @@ fn malformed_rows_are_per_row_errors() {
     let csv = crate::data::read_arena_csv(&path).unwrap();
     assert_eq!(csv.rows.len(), 7);
     assert_eq!(csv.n_ok(), 2);
-    assert_eq!(csv.rows[0].as_ref().unwrap().id, 1);
-    assert_eq!(csv.rows[6].as_ref().unwrap().id, 7);
+    assert_eq!(csv.rows[0].as_ref().unwrap().id, "1");
+    assert_eq!(csv.rows[6].as_ref().unwrap().id, "7");
     let errs: Vec<&crate::data::RowError> = csv.errors().collect();
     assert_eq!(
-        errs.iter().map(|e| (e.row, e.id)).collect::<Vec<_>>(),
+        errs.iter()
+            .map(|e| (e.row, e.id.as_deref()))
+            .collect::<Vec<_>>(),
         vec![
-            (2, Some(2)),
+            (2, Some("2")),
             (3, None),
-            (4, Some(4)),
-            (5, Some(5)),
-            (6, Some(6))
+            (4, Some("4")),
+            (5, Some("5")),
+            (6, Some("6"))
         ]
     );
     for e in &errs {

@@ -31,12 +31,12 @@ fn atomic_write_keeps_old_file_on_failure() {
 
     // Invalid probabilities are refused before anything is written.
     let bad = [Prediction {
-        id: 1,
+        id: "1".into(),
         probs: [f64::NAN, 0.5, 0.5],
     }];
     assert!(crate::output::write_submission(&path, &bad).is_err());
     let bad = [Prediction {
-        id: 1,
+        id: "1".into(),
         probs: [0.5, 0.5, 0.5],
     }];
     assert!(crate::output::write_submission(&path, &bad).is_err());

@@ -10,7 +10,7 @@ use qwen2_prefill::synthetic::{write_checkpoint, Preset};
 use tempfile::TempDir;
 
 use super::{data_dir, tokenizer_path};
-use crate::checkpoint::{checkpoint_path, Checkpoint};
+use crate::checkpoint::{checkpoint_path, Checkpoint, ItemResult};
 use crate::output::{read_submission, Prediction, SUBMISSION_HEADER};
 use crate::report::Summary;
 
@@ -43,7 +43,7 @@ fn s(p: &Path) -> &str {
 }
 
 /// Ids and (for train files) label indices of a CSV, read straight with `csv`, in file order.
-fn csv_rows(path: &Path) -> Vec<(u64, Option<usize>)> {
+fn csv_rows(path: &Path) -> Vec<(String, Option<usize>)> {
     let mut reader = csv::Reader::from_path(path).expect("readable CSV");
     let headers = reader.headers().expect("a header").clone();
     let col = |name: &str| headers.iter().position(|h| h == name);
@@ -61,7 +61,7 @@ fn csv_rows(path: &Path) -> Vec<(u64, Option<usize>)> {
                     .position(|&c| r[c].trim() == "1")
                     .expect("one-hot labels")
             });
-            (r[id].parse().expect("integer id"), label)
+            (r[id].to_string(), label)
         })
         .collect()
 }
@@ -92,8 +92,8 @@ fn test_csv_gives_a_valid_non_uniform_submission() {
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(text.lines().next(), Some(SUBMISSION_HEADER));
     let rows = read_submission(&out).unwrap();
-    let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
-    let expected: Vec<u64> = csv_rows(&data).iter().map(|r| r.0).collect();
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let expected: Vec<String> = csv_rows(&data).into_iter().map(|r| r.0).collect();
     assert_eq!(expected.len(), 3);
     assert_eq!(ids, expected, "ids in input order");
     assert_distributions(&rows);
@@ -112,7 +112,7 @@ fn test_csv_gives_a_valid_non_uniform_submission() {
 
 /// The log loss of `rows` against `labels` as scikit-learn computes it (probabilities clipped
 /// to [eps, 1 - eps]).
-fn log_loss(rows: &[Prediction], labels: &HashMap<u64, usize>) -> f64 {
+fn log_loss(rows: &[Prediction], labels: &HashMap<String, usize>) -> f64 {
     let eps = f64::EPSILON;
     let total: f64 = rows
         .iter()
@@ -149,14 +149,14 @@ fn validate_reports_the_log_loss_of_the_written_submission() {
     let rows = read_submission(&out).unwrap();
     let truth = csv_rows(&data);
     assert_eq!(
-        rows.iter().map(|r| r.id).collect::<Vec<_>>(),
-        truth.iter().map(|r| r.0).collect::<Vec<_>>(),
+        rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        truth.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
         "all 100 rows, in input order"
     );
     assert_distributions(&rows);
-    let labels: HashMap<u64, usize> = truth
+    let labels: HashMap<String, usize> = truth
         .iter()
-        .map(|(id, l)| (*id, l.expect("labelled")))
+        .map(|(id, l)| (id.clone(), l.expect("labelled")))
         .collect();
     let recomputed = log_loss(&rows, &labels);
     assert!(
@@ -202,8 +202,22 @@ fn resumed_run_writes_the_same_bytes() {
 
     let resumed = dir.path().join("resumed.csv");
     let partial = checkpoint_path(&resumed);
-    let mut cp = Checkpoint::create(&partial).unwrap();
-    cp.append(&whole_rows[..24]).unwrap();
+    // The settings line a run with these arguments writes.
+    let cli = crate::Cli::try_parse_from(
+        std::iter::once("arena_judge".to_string()).chain(args(&resumed)),
+    )
+    .unwrap();
+    let settings = crate::prepare(cli).unwrap().settings;
+    let mut cp = Checkpoint::create(&partial, &settings).unwrap();
+    let done: Vec<ItemResult> = whole_rows[..24]
+        .iter()
+        .enumerate()
+        .map(|(item, p)| ItemResult {
+            item,
+            prediction: p.clone(),
+        })
+        .collect();
+    cp.append(&done).unwrap();
     drop(cp);
     let mut f = std::fs::OpenOptions::new()
         .append(true)
@@ -297,11 +311,11 @@ fn dump_prompts_holds_the_ids_and_batches_the_model_ran() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let ids: Vec<u64> = csv_rows(&data).iter().take(12).map(|r| r.0).collect();
+    let ids: Vec<String> = csv_rows(&data).into_iter().take(12).map(|r| r.0).collect();
     assert_eq!(
         lines
             .iter()
-            .map(|l| l["id"].as_u64().unwrap())
+            .map(|l| l["id"].as_str().unwrap().to_string())
             .collect::<Vec<_>>(),
         ids,
         "one line per row, in input order"

@@ -68,7 +68,7 @@ fn ok_rows(path: &Path) -> Vec<Row> {
 }
 
 /// `(id, [winner_model_a, winner_model_b, winner_tie] if present)` read straight with `csv`.
-fn direct_csv(path: &Path) -> Vec<(u64, Option<[f64; 3]>)> {
+fn direct_csv(path: &Path) -> Vec<(String, Option<[f64; 3]>)> {
     let mut rd = csv::Reader::from_path(path).unwrap();
     let headers = rd.headers().unwrap().clone();
     let col = |n: &str| headers.iter().position(|h| h == n);
@@ -88,7 +88,7 @@ fn direct_csv(path: &Path) -> Vec<(u64, Option<[f64; 3]>)> {
                     r[wt.unwrap()].parse().unwrap(),
                 ]
             });
-            (r[id].parse().unwrap(), labels)
+            (r[id].to_string(), labels)
         })
         .collect()
 }
@@ -107,19 +107,19 @@ fn s(text: &str) -> Option<String> {
 fn sample_predictions() -> Vec<Prediction> {
     vec![
         Prediction {
-            id: 136060,
+            id: "136060".into(),
             probs: crate::metrics::softmax3([1.5, -0.25, 0.75]).probs,
         },
         Prediction {
-            id: 4_294_947_231,
+            id: "4294947231".into(),
             probs: [0.1, 0.2, 0.7000000000000001],
         },
         Prediction {
-            id: 5_000_000_000,
+            id: "5000000000".into(),
             probs: crate::metrics::softmax3([30.0, -40.0, 0.0]).probs,
         },
         Prediction {
-            id: 7,
+            id: "007".into(),
             probs: crate::output::UNIFORM,
         },
     ]

@@ -34,8 +34,8 @@ fn submission_round_trips_exactly() {
 
     // Kaggle's sample submission reads too and matches test.csv's ids.
     let sample = crate::output::read_submission(&data_dir().join("sample_submission.csv")).unwrap();
-    let ids: Vec<u64> = sample.iter().map(|p| p.id).collect();
-    assert_eq!(ids, vec![136060, 211333, 1233961]);
+    let ids: Vec<&str> = sample.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, vec!["136060", "211333", "1233961"]);
     assert!(sample
         .iter()
         .all(|p| (p.probs[0] - 1.0 / 3.0).abs() < 1e-15));
