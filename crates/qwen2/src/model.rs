@@ -30,6 +30,17 @@ pub struct Qwen2 {
     query_chunk: usize,
 }
 
+impl std::fmt::Debug for Qwen2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qwen2")
+            .field("layers", &self.layers.len())
+            .field("vocab_size", &self.cfg.vocab_size)
+            .field("device", &self.device)
+            .field("dtype", &self.dtype)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Qwen2 {
     /// Loads a Qwen2 model onto `device`, computing in `dtype` (f16/bf16 on GPU, f32 or f16 on
     /// CPU: candle's CPU matmul has no bf16): a Hugging Face checkpoint directory (AWQ GEMM 4-bit
