@@ -290,3 +290,63 @@ impl AwqLayer {
         Ok(w.t()?.contiguous()?)
     }
 }
+
+/// Quantizes a dense weight to AWQ GEMM 4-bit with zero points, as AutoAWQ does: for each
+/// output column and each group of `group` inputs, `s = max(max − min, 1e-5) / 15` (rounded to
+/// f16, as stored), `z = clamp(round(−min / s), 0, 15)` and `q = clamp(round(w / s) + z, 0, 15)`,
+/// so that `(q − z)·s` is within `s / 2` of every weight of the group that lies in its range.
+///
+/// `weight` is row-major `[out_features, in_features]` (candle's linear layout).
+///
+/// # Errors
+/// The shapes do not fit AWQ packing (`out_features` a multiple of 8, `in_features` of `group`)
+/// or `weight` has the wrong length.
+pub fn quantize(
+    weight: &[f32],
+    out_features: usize,
+    in_features: usize,
+    group: usize,
+) -> Result<AwqLayer> {
+    ensure!(
+        weight.len() == out_features * in_features,
+        "weight has {} values, expected [{out_features}, {in_features}]",
+        weight.len()
+    );
+    ensure!(
+        out_features.is_multiple_of(PACK_FACTOR) && group > 0 && in_features.is_multiple_of(group),
+        "[{out_features}, {in_features}] does not fit AWQ packing with group size {group}"
+    );
+    let groups = in_features / group;
+    let mut scales = vec![0f32; groups * out_features];
+    let mut zeros = vec![0u8; groups * out_features];
+    let mut q = vec![0u8; in_features * out_features];
+    for o in 0..out_features {
+        let row = &weight[o * in_features..(o + 1) * in_features];
+        for g in 0..groups {
+            let part = &row[g * group..(g + 1) * group];
+            let (lo, hi) = part
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &w| {
+                    (lo.min(w), hi.max(w))
+                });
+            let s = half::f16::from_f32(((hi - lo).max(1e-5)) / 15.0).to_f32();
+            let z = (-lo / s).round().clamp(0.0, 15.0);
+            scales[g * out_features + o] = s;
+            zeros[g * out_features + o] = z as u8;
+            for (k, &w) in part.iter().enumerate() {
+                let i = g * group + k;
+                q[i * out_features + o] = ((w / s).round() + z).clamp(0.0, 15.0) as u8;
+            }
+        }
+    }
+    let layer = AwqLayer {
+        qweight: pack(&q)?,
+        qzeros: pack(&zeros)?,
+        scales,
+        in_features,
+        out_features,
+        group,
+    };
+    layer.validate()?;
+    Ok(layer)
+}

@@ -20,7 +20,8 @@
 //! | `source.rs` | where weights come from, under Hugging Face names |
 //! | `weights.rs` | the safetensors files of a checkpoint |
 //! | `gguf.rs` | GGUF files: config, vocabulary, tensors (candle's reader, `QMatMul`) |
-//! | `awq.rs` | AWQ GEMM 4-bit: config, nibble packing, dequantization |
+//! | `awq.rs` | AWQ GEMM 4-bit: config, nibble packing, dequantization, quantization |
+//! | `convert.rs` | GGUF → AutoAWQ GEMM checkpoint (binary `to-awq`) |
 //! | `linear.rs` | [`Linear`]: a weight, however stored, and its matmul |
 //! | `rope.rs`, `attention.rs`, `layer.rs` | the pieces of a decoder layer |
 //! | `model.rs` | [`Qwen2`]: load and forward |
@@ -33,6 +34,7 @@
 mod attention;
 pub mod awq;
 mod config;
+pub mod convert;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod gguf;

@@ -207,3 +207,24 @@ fn awq_config_parsing() {
     );
     assert!(zp.contains("zero_point"), "{zp}");
 }
+
+#[test]
+fn quantize_round_trips_within_half_a_step() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let (out_f, in_f, group) = (16, 256, 128);
+    let w: Vec<f32> = (0..out_f * in_f)
+        .map(|_| rng.random_range(-0.3f32..0.2))
+        .collect();
+    let layer = awq::quantize(&w, out_f, in_f, group).unwrap();
+    // `dequantize` gives [in, out]; every weight within half a quantization step of its group.
+    let back = layer.dequantize().unwrap();
+    for o in 0..out_f {
+        for i in 0..in_f {
+            let s = layer.scales[(i / group) * out_f + o];
+            let d = (back[i * out_f + o] - w[o * in_f + i]).abs();
+            assert!(d <= s / 2.0 + 1e-6, "[{o}, {i}]: error {d} > half step {s}");
+        }
+    }
+    assert!(awq::quantize(&w, out_f, in_f, 100).is_err());
+    assert!(awq::quantize(&w[1..], out_f, in_f, group).is_err());
+}

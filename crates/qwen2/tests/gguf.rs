@@ -33,7 +33,8 @@ fn real_gguf() -> PathBuf {
 }
 
 fn fixture() -> serde_json::Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen25_coder_05b_logits.json");
+    let p =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen25_coder_05b_logits.json");
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| {
         panic!(
             "{}: {e}: make it with `python3 crates/qwen2/scripts/gguf_reference.py` (see its docs)",
@@ -72,15 +73,26 @@ fn real_05b_matches_the_numpy_reference_on_real_rows() {
     let gguf = Gguf::open(&path, GgufLinears::default()).unwrap();
     let cfg = gguf.config().unwrap();
     assert_eq!(
-        (cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size),
+        (
+            cfg.num_hidden_layers,
+            cfg.hidden_size,
+            cfg.intermediate_size
+        ),
         (24, 896, 4864)
     );
     assert_eq!((cfg.num_attention_heads, cfg.num_kv_heads()), (14, 2));
     assert_eq!(cfg.vocab_size, 151936);
-    assert!(!cfg.tie_word_embeddings, "this GGUF has its own output.weight");
+    assert!(
+        !cfg.tie_word_embeddings,
+        "this GGUF has its own output.weight"
+    );
     let vocab = gguf.vocabulary().unwrap();
     assert_eq!(
-        (vocab[32].as_str(), vocab[33].as_str(), vocab[48731].as_str()),
+        (
+            vocab[32].as_str(),
+            vocab[33].as_str(),
+            vocab[48731].as_str()
+        ),
         ("A", "B", "tie")
     );
 
@@ -142,7 +154,10 @@ fn other_architectures_and_other_files_fail_clearly() {
     let llama = dir.path().join("llama.gguf");
     write_gguf(&llama, "llama");
     assert!(is_gguf(&llama));
-    let err = format!("{:#}", Qwen2::load(&llama, &Device::Cpu, DType::F32).unwrap_err());
+    let err = format!(
+        "{:#}",
+        Qwen2::load(&llama, &Device::Cpu, DType::F32).unwrap_err()
+    );
     assert!(
         err.contains("\"llama\" is not supported") && err.contains("llama.gguf"),
         "{err}"
@@ -151,16 +166,31 @@ fn other_architectures_and_other_files_fail_clearly() {
     let text = dir.path().join("model.bin");
     std::fs::write(&text, b"not a model").unwrap();
     assert!(!is_gguf(&text));
-    let err = format!("{:#}", Qwen2::load(&text, &Device::Cpu, DType::F32).unwrap_err());
-    assert!(err.contains("not a GGUF file") && err.contains("model.bin"), "{err}");
+    let err = format!(
+        "{:#}",
+        Qwen2::load(&text, &Device::Cpu, DType::F32).unwrap_err()
+    );
+    assert!(
+        err.contains("not a GGUF file") && err.contains("model.bin"),
+        "{err}"
+    );
 
     let missing = dir.path().join("nope");
-    let err = format!("{:#}", Qwen2::load(&missing, &Device::Cpu, DType::F32).unwrap_err());
-    assert!(err.contains("does not exist") && err.contains("nope"), "{err}");
+    let err = format!(
+        "{:#}",
+        Qwen2::load(&missing, &Device::Cpu, DType::F32).unwrap_err()
+    );
+    assert!(
+        err.contains("does not exist") && err.contains("nope"),
+        "{err}"
+    );
 
     // A qwen2 GGUF without its metadata names the missing key.
     let bare = dir.path().join("bare.gguf");
     write_gguf(&bare, "qwen2");
-    let err = format!("{:#}", Qwen2::load(&bare, &Device::Cpu, DType::F32).unwrap_err());
+    let err = format!(
+        "{:#}",
+        Qwen2::load(&bare, &Device::Cpu, DType::F32).unwrap_err()
+    );
     assert!(err.contains("qwen2.embedding_length"), "{err}");
 }
