@@ -141,7 +141,13 @@ pub fn load_inputs(
     );
 
     let rows: Vec<&Row> = kept.iter().filter_map(|k| k.2).collect();
-    let mut encoded = encode_all(encoder, &rows, swap).into_iter();
+    let bar = ProgressBar::new(rows.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} {wide_bar} {pos}/{len} rows tokenized")
+            .expect("valid template"),
+    );
+    let mut encoded = encode_all(encoder, &rows, swap, &bar).into_iter();
+    bar.finish_and_clear();
     let mut truncated = 0;
     let mut entries = Vec::with_capacity(kept.len());
     for (id, label, row) in kept {
@@ -187,19 +193,19 @@ pub fn load_inputs(
 }
 
 /// An encoded row: as given, and with `swap` with its responses exchanged.
-type Encoded = (Result<EncodedPrompt>, Option<Result<EncodedPrompt>>);
+pub type Encoded = (Result<EncodedPrompt>, Option<Result<EncodedPrompt>>);
 
-/// Encodes `rows` on every available core, keeping their order, with a progress bar (on a
-/// terminal; 25k rows take about a minute).
-fn encode_all(encoder: &PromptEncoder, rows: &[&Row], swap: bool) -> Vec<Encoded> {
+/// Encodes `rows` on every available core, keeping their order, advancing `bar` by one per row
+/// (shown on a terminal: 25k rows take about a minute).
+pub fn encode_all(
+    encoder: &PromptEncoder,
+    rows: &[&Row],
+    swap: bool,
+    bar: &ProgressBar,
+) -> Vec<Encoded> {
     if rows.is_empty() {
         return Vec::new();
     }
-    let bar = ProgressBar::new(rows.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} {wide_bar} {pos}/{len} rows tokenized")
-            .expect("valid template"),
-    );
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = rows.len().div_ceil(threads);
     let encoded = std::thread::scope(|s| {
@@ -225,6 +231,5 @@ fn encode_all(encoder: &PromptEncoder, rows: &[&Row], swap: bool) -> Vec<Encoded
             .flat_map(|w| w.join().expect("an encoder thread panicked"))
             .collect()
     });
-    bar.finish_and_clear();
     encoded
 }

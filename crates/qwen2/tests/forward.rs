@@ -77,9 +77,8 @@ fn f16_compute_tracks_f32() {
         .fold(0f32, f32::max);
     eprintln!("f16 vs f32 compute: max |diff| = {worst:e}");
     assert!(worst < 0.05, "f16 compute drifts by {worst}");
-    let err = Qwen2::load(dir.path(), &Device::Cpu, DType::BF16)
-        .err()
-        .expect("bf16 on cpu is refused");
+    let err =
+        Qwen2::load(dir.path(), &Device::Cpu, DType::BF16).expect_err("bf16 on cpu is refused");
     assert!(format!("{err:#}").contains("BF16"));
 }
 

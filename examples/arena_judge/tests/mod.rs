@@ -10,6 +10,7 @@ mod judge;
 mod metrics;
 mod output;
 mod prompt;
+mod tokenizer;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
