@@ -113,17 +113,6 @@ pub enum UpdateError {
         /// An occupied row at or beyond `batch_size`, if one was found.
         stray_row: Option<usize>,
     },
-    /// A request's output tokens hold an id outside the vocabulary (the engine appended a token
-    /// the model cannot produce).
-    #[error("row {row}: output token {token} is out of range for a vocabulary of {vocab_size}")]
-    OutputTokenOutOfVocab {
-        /// The request's row.
-        row: usize,
-        /// The offending id.
-        token: u32,
-        /// The vocabulary size.
-        vocab_size: usize,
-    },
 }
 
 /// Request parameters a processor cannot serve: the client's fault. Reject the request.
@@ -145,16 +134,6 @@ pub enum ParamsError {
     EmptyTokenSet {
         /// The parameter.
         param: &'static str,
-    },
-    /// More distinct tokens than the processor was built for.
-    #[error("{param}: {len} distinct tokens requested, at most {max} allowed")]
-    TooManyTokens {
-        /// The parameter.
-        param: &'static str,
-        /// Distinct tokens requested.
-        len: usize,
-        /// The limit.
-        max: usize,
     },
     /// A numeric parameter outside its valid range.
     #[error("{param} = {value} is invalid: {expected}")]
@@ -209,6 +188,24 @@ pub enum LogitsError {
         "logits must be contiguous (row-major) to be processed in place; call .contiguous() first"
     )]
     NotContiguous,
+    /// A grammar bitmask of the wrong size.
+    #[error("the token bitmask has shape {shape:?}, expected [{batch_size}, {words_per_row}] (batch_size, ceil(vocab / 32))")]
+    BitmaskShape {
+        /// The shape received (a host slice: its length).
+        shape: Vec<usize>,
+        /// The current batch size.
+        batch_size: usize,
+        /// `ceil(vocab / 32)`.
+        words_per_row: usize,
+    },
+    /// A grammar bitmask given for a row not in the batch.
+    #[error("the token bitmask names row {row}, but the batch has {batch_size} rows")]
+    BitmaskRow {
+        /// The offending row.
+        row: usize,
+        /// The current batch size.
+        batch_size: usize,
+    },
     /// Logits on another device than the processor's state.
     #[error("logits are on {got:?} but the processor's state lives on {expected:?}")]
     DeviceMismatch {

@@ -88,4 +88,7 @@ pub use output::{OutputChange, OutputCursor, OutputTokens};
 pub use params::{ExtraArg, RequestParams};
 pub use pipeline::{Pipeline, PipelineBuilder, Stage};
 pub use processor::LogitsProcessor;
-pub use processors::{AllowedIds, AllowedMode, ForceToken};
+pub use processors::{
+    AllowedIds, AllowedMode, BadWords, ForceToken, LogitBias, MinP, MinTokens, Penalties,
+    Temperature, TokenBitmask,
+};
