@@ -14,7 +14,7 @@ pub(crate) mod stage;
 
 use crate::processors::TokenBitmask;
 pub use stage::Stage;
-use stage::{commute, Kind};
+use stage::{can_join, Kind};
 
 /// An ordered list of processors that receives updates and logits as one processor.
 ///
@@ -194,7 +194,8 @@ impl Pipeline {
     }
 
     /// Runs the stages in order, fusing each run of adjacent built-ins whose effects can be
-    /// reordered into the fused op's order (see [`crate::kernels`]).
+    /// reordered into the fused op's order without changing a bit (see [`crate::kernels`] and
+    /// [`can_join`]).
     fn run_stages(&mut self, logits: &Tensor, greedy: bool) -> Result<()> {
         let empty = FusedOp::new(self.ledger.batch_size(), self.config.vocab_size());
         let mut fused = empty;

@@ -106,17 +106,18 @@ pub(crate) enum Part<'a> {
 }
 
 impl Part<'_> {
-    /// The part's place in vLLM's order: 1 masks, 2 bans, 3 additions, 4 penalties,
-    /// 5 temperature, 6 min-p.
-    pub(crate) fn class(&self) -> u8 {
+    /// The part's rank in the fused op's order: 1 masks, 2 bans, 3 global boost, 4 bias,
+    /// 5 penalties, 6 temperature, 7 min-p (vLLM's order).
+    pub(crate) fn rank(&self) -> u8 {
         match self {
             Part::Keep(_) | Part::StepMask(_) => 1,
             Part::Ids(a) if a.mode == IdsMode::Mask => 1,
             Part::Bans(..) => 2,
-            Part::Ids(_) | Part::Bias(_) => 3,
-            Part::Penalties(_) => 4,
-            Part::Temperature(_) => 5,
-            Part::MinP(_) => 6,
+            Part::Ids(_) => 3,
+            Part::Bias(_) => 4,
+            Part::Penalties(_) => 5,
+            Part::Temperature(_) => 6,
+            Part::MinP(_) => 7,
         }
     }
 
@@ -145,10 +146,15 @@ impl Part<'_> {
     }
 }
 
-/// Whether effects of classes `a` and `b` give the same result in either order.
-pub(crate) fn commute(a: u8, b: u8) -> bool {
-    let mask = |c: u8| c <= 2;
-    (mask(a) && b != 6) || (mask(b) && a != 6) || (a == 3 && b == 3)
+/// Whether a part of rank `c` pushed after parts of ranks `before` can join them in one fused
+/// op and give, bit for bit, the result of running them in push order: each earlier part comes
+/// earlier in the op's order, or commutes exactly with it. Masks and bans (−inf) commute
+/// exactly with everything but min-p (whose threshold depends on what is masked).
+pub(crate) fn can_join(before: &[u8], c: u8) -> bool {
+    let exact = |a: u8, b: u8| (a <= 2 && b != 7) || (b <= 2 && a != 7);
+    before
+        .iter()
+        .all(|&m| m < c || (m == c && c <= 2) || exact(m, c))
 }
 
 macro_rules! builtin_stage {
