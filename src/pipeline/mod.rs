@@ -27,10 +27,22 @@ use stage::{can_join, Kind};
 ///   [`validate_params`](LogitsProcessor::validate_params) *before* forwarding it, so a bad
 ///   update reaches no stage, and all stages always agree on the batch.
 /// - [`apply`](LogitsProcessor::apply) runs the stages in order. Adjacent built-in stages are
-///   fused into one pass over the logits (their effects commute); a custom stage runs on its
+///   fused into as few passes over the logits as give, bit for bit, the result of running them
+///   one after the other (see below); a custom stage runs on its
 ///   own, in its place.
 /// - [`apply_greedy`](Self::apply_greedy) skips the argmax-invariant stages, for batches
 ///   decoded greedily.
+///
+/// # Fusion
+///
+/// The built-ins run as one fused op with a fixed order — masks (ForceToken, TokenBitmask,
+/// AllowedIds in mask mode), bans (BadWords, MinTokens), the global boost (AllowedIds in boost
+/// mode), LogitBias, Penalties, Temperature, MinP: vLLM's sampler order — in two phases over
+/// the logits (the listed tokens, then one dense pass; see the crate's `kernels` module).
+/// Adjacent built-in stages join one op when every earlier one comes earlier in that order or
+/// commutes exactly with it (masks and bans commute with everything but MinP), so the result
+/// is bit for bit that of running the stages one after the other in the order given. Build the
+/// pipeline in vLLM's order to get one op.
 ///
 /// A custom processor whose `update_state` fails for a reason its `validate_params` does not
 /// report breaks the all-or-nothing guarantee: the stages before it have then applied the
@@ -208,9 +220,8 @@ impl Pipeline {
             match &mut stage.0 {
                 Kind::Builtin(b) => {
                     let Some(part) = b.part() else { continue };
-                    let c = part.class();
-                    let joins =
-                        n < classes.len() && classes[..n].iter().all(|&m| m <= c || commute(m, c));
+                    let c = part.rank();
+                    let joins = n < classes.len() && can_join(&classes[..n], c);
                     if !joins || !part.place(&mut fused) {
                         fused.run(logits)?;
                         fused = empty;
