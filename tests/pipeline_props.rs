@@ -387,10 +387,7 @@ fn run_stream(seed: u64, steps: usize) -> Result<(), String> {
                 slots[row] = Some(req);
             }
             // Condense: fill holes from the top.
-            loop {
-                let Some(hole) = slots.iter().position(Option::is_none) else {
-                    break;
-                };
+            while let Some(hole) = slots.iter().position(Option::is_none) {
                 let Some(top) = slots.iter().rposition(Option::is_some) else {
                     break;
                 };
