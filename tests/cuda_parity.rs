@@ -47,7 +47,7 @@ fn build(
     kind: Kind,
     cap: usize,
     vocab: usize,
-    max_tokens: usize,
+    _max_tokens: usize,
     allowed: &[u32],
     boost: f32,
     gpu: &Device,
@@ -112,7 +112,7 @@ fn random_step(
     batch: usize,
     cap: usize,
     vocab: usize,
-    max_tokens: usize,
+    _max_tokens: usize,
     forced: &mut [Option<Vec<u32>>],
 ) -> (Option<BatchUpdate>, usize) {
     let mut b = BatchUpdateBuilder::new();

@@ -63,6 +63,12 @@ impl RowTable {
         Ok(t)
     }
 
+    /// Words per row.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn width(&self) -> usize {
+        self.width
+    }
+
     /// Row `row` of the host mirror.
     pub(crate) fn row(&self, row: usize) -> &[u32] {
         &self.host[row * self.width..(row + 1) * self.width]
