@@ -112,7 +112,7 @@ fn random_step(
     batch: usize,
     cap: usize,
     vocab: usize,
-    _max_tokens: usize,
+    max_tokens: usize,
     forced: &mut [Option<Vec<u32>>],
 ) -> (Option<BatchUpdate>, usize) {
     let mut b = BatchUpdateBuilder::new();
