@@ -86,7 +86,8 @@ fn stage(kind: Kind, c: &ProcessorConfig) -> Stage {
 }
 
 fn params(rng: &mut StdRng) -> RequestParams {
-    let mut r = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..VOCAB as u32)).collect() };
+    let mut r =
+        |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..VOCAB as u32)).collect() };
     let bias: Vec<(u32, f32)> = r(16).into_iter().map(|t| (t, 1.5)).collect();
     let stops = r(2);
     let words: Vec<Vec<u32>> = (0..4).map(|_| r(2)).collect();
@@ -121,8 +122,12 @@ fn admitted(kinds: &[Kind], device: &Device) -> (Pipeline, Vec<OutputTokens>) {
     let mut changes = BatchUpdateBuilder::new();
     let mut outs = Vec::new();
     for row in 0..BATCH {
-        let prompt: Vec<u32> = (0..512).map(|_| rng.random_range(0..VOCAB as u32)).collect();
-        let out: Vec<u32> = (0..128).map(|_| rng.random_range(0..VOCAB as u32)).collect();
+        let prompt: Vec<u32> = (0..512)
+            .map(|_| rng.random_range(0..VOCAB as u32))
+            .collect();
+        let out: Vec<u32> = (0..128)
+            .map(|_| rng.random_range(0..VOCAB as u32))
+            .collect();
         let out = OutputTokens::from(out);
         changes
             .add(row, Arc::new(params(&mut rng)))
@@ -173,7 +178,15 @@ fn main() {
         ),
         (
             "Pipeline: all (Bitmask, BadWords, MinTokens, Bias, Penalties, Temperature, MinP)",
-            vec![Bitmask, BadWords, MinTokens, Bias, Penalties, Temperature, MinP],
+            vec![
+                Bitmask,
+                BadWords,
+                MinTokens,
+                Bias,
+                Penalties,
+                Temperature,
+                MinP,
+            ],
         ),
     ];
     let mut table = Vec::new();
@@ -205,7 +218,9 @@ fn main() {
         }
         drop(logits);
         let host: Vec<u8> = (0..bytes).map(|j| (j * 31 + j / 4093) as u8).collect();
-        let src: Vec<CudaSlice<u8>> = (0..nbuf).map(|_| stream.clone_htod(&host).unwrap()).collect();
+        let src: Vec<CudaSlice<u8>> = (0..nbuf)
+            .map(|_| stream.clone_htod(&host).unwrap())
+            .collect();
         let mut dst: Vec<CudaSlice<u8>> = (0..nbuf)
             .map(|_| stream.alloc_zeros::<u8>(bytes).unwrap())
             .collect();
@@ -226,7 +241,16 @@ fn main() {
     }
 
     // Host cost of update_state for the whole pipeline (no synchronisation).
-    let all = [Force, Bitmask, BadWords, MinTokens, Bias, Penalties, Temperature, MinP];
+    let all = [
+        Force,
+        Bitmask,
+        BadWords,
+        MinTokens,
+        Bias,
+        Penalties,
+        Temperature,
+        MinP,
+    ];
     let (mut p, outs) = admitted(&all, &device);
     let mut rng = StdRng::seed_from_u64(3);
     let fresh: Vec<Arc<RequestParams>> = (0..64).map(|_| Arc::new(params(&mut rng))).collect();
@@ -254,7 +278,10 @@ fn main() {
         append.push(t.elapsed().as_secs_f64() * 1e6);
     }
     stream.synchronize().unwrap();
-    let (one, app) = (median(one_change[64..].to_vec()), median(append[16..].to_vec()));
+    let (one, app) = (
+        median(one_change[64..].to_vec()),
+        median(append[16..].to_vec()),
+    );
     println!("update_state, whole pipeline, one request replaced in 256: median {one:.2} µs");
     println!("update_state, whole pipeline, one output token appended to each of 256 rows: median {app:.2} µs");
 
