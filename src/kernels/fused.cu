@@ -60,6 +60,8 @@ template <> struct Lp<0> {
         reinterpret_cast<float*>(row)[t] = x;
     }
     static __device__ __forceinline__ float round(float x) { return x; }
+    static __device__ __forceinline__ float from_raw(u32 r) { return __uint_as_float(r); }
+    static __device__ __forceinline__ u32 to_raw(float x) { return __float_as_uint(x); }
 };
 
 template <> struct Lp<1> {
@@ -71,6 +73,8 @@ template <> struct Lp<1> {
         reinterpret_cast<u16*>(row)[t] = lp_f32_to_f16(x);
     }
     static __device__ __forceinline__ float round(float x) { return lp_f16_to_f32(lp_f32_to_f16(x)); }
+    static __device__ __forceinline__ float from_raw(u32 r) { return lp_f16_to_f32((u16)r); }
+    static __device__ __forceinline__ u32 to_raw(float x) { return (u32)lp_f32_to_f16(x); }
 };
 
 template <> struct Lp<2> {
@@ -84,10 +88,45 @@ template <> struct Lp<2> {
     static __device__ __forceinline__ float round(float x) {
         return __uint_as_float(((u32)lp_f32_to_bf16(x)) << 16);
     }
+    static __device__ __forceinline__ float from_raw(u32 r) { return __uint_as_float(r << 16); }
+    static __device__ __forceinline__ u32 to_raw(float x) { return (u32)lp_f32_to_bf16(x); }
 };
 
 __device__ __forceinline__ void lp_store16(char* p, u32 w) {
     asm volatile("st.global.v4.u32 [%0], {%1, %1, %1, %1};" ::"l"(p), "r"(w) : "memory");
+}
+
+// 16 bytes of logits in registers: element e of VEC = 16 / ES.
+struct LpVec {
+    u32 w[4];
+};
+
+__device__ __forceinline__ LpVec lp_load_vec(const char* p) {
+    LpVec v;
+    asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
+                 : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ void lp_store_vec(char* p, const LpVec& v) {
+    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.w[0]), "r"(v.w[1]),
+                 "r"(v.w[2]), "r"(v.w[3])
+                 : "memory");
+}
+
+template <u32 ES> __device__ __forceinline__ u32 lp_vec_get(const LpVec& v, u32 e) {
+    if (ES == 4u) return v.w[e];
+    return (v.w[e >> 1] >> ((e & 1u) * 16u)) & 0xffffu;
+}
+
+template <u32 ES> __device__ __forceinline__ void lp_vec_set(LpVec& v, u32 e, u32 raw) {
+    if (ES == 4u) {
+        v.w[e] = raw;
+    } else {
+        const u32 sh = (e & 1u) * 16u;
+        v.w[e >> 1] = (v.w[e >> 1] & ~(0xffffu << sh)) | ((raw & 0xffffu) << sh);
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -232,10 +271,34 @@ __device__ __forceinline__ void lp_dense(
         }
         __syncthreads();
 
+        // The 16-byte aligned part of the chunk: [c0 + head, c0 + head + nvec * VEC).
+        const u64 a = (u64)(rowp + (size_t)c0 * E::ES);
+        u32 head = (u32)(((16u - (u32)(a & 15u)) & 15u) / E::ES);
+        if (head > span) head = span;
+        const u32 nvec = (span - head) / VEC;
+        const u32 body_end = head + nvec * VEC;
+        const u32 tail = span - body_end;
+        char* body = rowp + (size_t)(c0 + head) * E::ES;
+        const u32 full = (1u << VEC) - 1u;
+
         if (pass == 0) {
             float m = LP_NEG_INF;
-            for (u32 i = tid; i < span; i += nt) {
-                if ((keep[i >> 5] >> (i & 31u)) & 1u) m = fmaxf(m, lp_tempered<K>(rowp, c0 + i, temp));
+            for (u32 v = tid; v < nvec; v += nt) {
+                const u32 off = head + v * VEC;
+                const u32 bits = lp_keep_bits(keep, off, VEC);
+                if (bits == 0u) continue;
+                const LpVec q = lp_load_vec(body + (size_t)v * 16u);
+#pragma unroll
+                for (u32 e = 0; e < VEC; ++e) {
+                    if ((bits >> e) & 1u) {
+                        const float x = E::from_raw(lp_vec_get<E::ES>(q, e));
+                        m = fmaxf(m, temp != 1.0f ? E::round(__fdiv_rn(x, temp)) : x);
+                    }
+                }
+            }
+            for (u32 i = tid; i < head + tail; i += nt) {
+                const u32 off = i < head ? i : body_end + (i - head);
+                if ((keep[off >> 5] >> (off & 31u)) & 1u) m = fmaxf(m, lp_tempered<K>(rowp, c0 + off, temp));
             }
             for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
             if ((tid & 31u) == 0u) red[tid >> 5] = m;
@@ -258,35 +321,28 @@ __device__ __forceinline__ void lp_dense(
             __syncthreads();
         }
         const float thr = has_min_p ? thr_s : LP_NEG_INF;
-
-        // The 16-byte aligned part of the chunk: [c0 + head, c0 + head + nvec * VEC).
-        const u64 a = (u64)(rowp + (size_t)c0 * E::ES);
-        u32 head = (u32)(((16u - (u32)(a & 15u)) & 15u) / E::ES);
-        if (head > span) head = span;
-        const u32 nvec = (span - head) / VEC;
-        const u32 body_end = head + nvec * VEC;
-        const u32 tail = span - body_end;
-        char* body = rowp + (size_t)(c0 + head) * E::ES;
-        const u32 full = (1u << VEC) - 1u;
+        const u32 neg_raw = E::to_raw(LP_NEG_INF);
 
         for (u32 v = tid; v < nvec; v += nt) {
             const u32 off = head + v * VEC;
-            const u32 m = lp_keep_bits(keep, off, VEC);
-            if (m == 0u) {
-                lp_store16(body + (size_t)v * 16u, E::NEG_INF_WORD);
-            } else if (m != full || values) {
+            const u32 bits = lp_keep_bits(keep, off, VEC);
+            char* p = body + (size_t)v * 16u;
+            if (bits == 0u) {
+                lp_store16(p, E::NEG_INF_WORD);
+            } else if (bits != full || values) {
+                LpVec q = lp_load_vec(p);
+#pragma unroll
                 for (u32 e = 0; e < VEC; ++e) {
-                    const u32 t = c0 + off + e;
-                    if ((m >> e) & 1u) {
-                        if (values) {
-                            const float y = lp_tempered<K>(rowp, t, temp);
-                            if (y < thr) E::put(rowp, t, LP_NEG_INF);
-                            else if (temp != 1.0f) E::put(rowp, t, y);
-                        }
-                    } else {
-                        E::put(rowp, t, LP_NEG_INF);
+                    if (!((bits >> e) & 1u)) {
+                        lp_vec_set<E::ES>(q, e, neg_raw);
+                    } else if (values) {
+                        const float x = E::from_raw(lp_vec_get<E::ES>(q, e));
+                        const float y = temp != 1.0f ? E::round(__fdiv_rn(x, temp)) : x;
+                        if (y < thr) lp_vec_set<E::ES>(q, e, neg_raw);
+                        else if (temp != 1.0f) lp_vec_set<E::ES>(q, e, E::to_raw(y));
                     }
                 }
+                lp_store_vec(p, q);
             }
         }
         for (u32 i = tid; i < head + tail; i += nt) {
