@@ -32,9 +32,6 @@ pub(crate) struct DeviceU32 {
     slice: CudaSlice<u32>,
     dev: CudaDevice,
     stream: Arc<CudaStream>,
-    /// `[index, value]` pairs of a scatter, staged on the host and on the device.
-    pairs: Vec<u32>,
-    staging: Option<CudaSlice<u32>>,
 }
 
 impl std::fmt::Debug for DeviceU32 {
@@ -58,8 +55,6 @@ impl DeviceU32 {
             slice,
             dev: dev.clone(),
             stream,
-            pairs: Vec::new(),
-            staging: None,
         })
     }
 
@@ -70,6 +65,7 @@ impl DeviceU32 {
         if host.is_empty() {
             return Ok(());
         }
+        flush(&self.dev)?; // queued single-word writes are older than this upload
         let end = offset + host.len();
         if end > self.slice.len() {
             candle_core::bail!(
@@ -81,45 +77,90 @@ impl DeviceU32 {
         self.stream.memcpy_htod(host, &mut dst).w()
     }
 
-    /// Writes `host[i]` to element `i` for every `i` in `indices`: one copy of the pairs and one
-    /// scatter launch. The staging buffers grow to the largest scatter, then are reused.
+    /// Queues `host[i]` for element `i`, for every `i` in `indices`: the writes of every table
+    /// of the device go out together, as one copy and one launch, at the next [`flush`] (before
+    /// any kernel of the fused op, any span upload and any reallocation).
     pub(crate) fn scatter(&mut self, indices: &[u32], host: &[u32]) -> Result<()> {
         if indices.is_empty() {
             return Ok(());
         }
-        self.pairs.clear();
+        let (base, _g) = self.slice.device_ptr(&self.stream);
+        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        let id = self.dev.id();
+        let q = match pending.iter().position(|p| p.dev.id() == id) {
+            Some(i) => &mut pending[i],
+            None => {
+                pending.push(Pending {
+                    dev: self.dev.clone(),
+                    triples: Vec::new(),
+                    staging: None,
+                });
+                pending.last_mut().expect("pushed")
+            }
+        };
         for &i in indices {
-            self.pairs.extend([i, host[i as usize]]);
+            let addr = base + 4 * u64::from(i);
+            q.triples
+                .extend([addr as u32, (addr >> 32) as u32, host[i as usize]]);
         }
-        let need = self.pairs.len();
-        if self.staging.as_ref().is_none_or(|s| s.len() < need) {
-            self.staging = Some(
-                self.stream
-                    .alloc_zeros::<u32>(need.next_power_of_two())
-                    .w()?,
-            );
-        }
-        let staging = self.staging.as_mut().expect("allocated above");
-        let mut dst = staging.slice_mut(0..need);
-        self.stream.memcpy_htod(&self.pairs, &mut dst).w()?;
-        let k = kernels(&self.dev)?;
-        let n = indices.len() as u32;
-        let (mut table, _g1) = self.slice.device_ptr_mut(&self.stream);
-        let (mut pairs, _g2) = staging.device_ptr(&self.stream);
-        let mut n_arg = n;
-        let mut params: [*mut c_void; 3] = [
-            (&mut table) as *mut u64 as *mut c_void,
-            (&mut pairs) as *mut u64 as *mut c_void,
-            (&mut n_arg) as *mut u32 as *mut c_void,
-        ];
-        let blocks = n.div_ceil(THREADS).clamp(1, 1024);
-        launch(&k.scatter, &self.stream, (blocks, 1, 1), &mut params)
+        Ok(())
     }
 
     /// The device address, and a guard that records the read once the kernel is queued.
     fn ptr<'a>(&'a self, stream: &'a CudaStream) -> (u64, SyncOnDrop<'a>) {
         self.slice.device_ptr(stream)
     }
+}
+
+impl Drop for DeviceU32 {
+    fn drop(&mut self) {
+        // Queued writes may target this buffer: send them before it is freed.
+        let _ = flush(&self.dev);
+    }
+}
+
+/// Deferred single-word writes of one device's tables.
+struct Pending {
+    dev: CudaDevice,
+    /// `[address low, address high, value]` triples.
+    triples: Vec<u32>,
+    staging: Option<CudaSlice<u32>>,
+}
+
+static PENDING: Mutex<Vec<Pending>> = Mutex::new(Vec::new());
+
+/// Sends the queued table writes of `dev`: one copy and one scatter launch on its stream, no
+/// synchronisation; nothing when none is queued.
+pub(crate) fn flush(dev: &CudaDevice) -> Result<()> {
+    let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+    let id = dev.id();
+    let Some(q) = pending.iter_mut().find(|p| p.dev.id() == id) else {
+        return Ok(());
+    };
+    if q.triples.is_empty() {
+        return Ok(());
+    }
+    let stream = dev.cuda_stream();
+    let need = q.triples.len();
+    if q.staging.as_ref().is_none_or(|s| s.len() < need) {
+        q.staging = Some(stream.alloc_zeros::<u32>(need.next_power_of_two()).w()?);
+    }
+    let staging = q.staging.as_mut().expect("allocated above");
+    {
+        let mut dst = staging.slice_mut(0..need);
+        stream.memcpy_htod(&q.triples, &mut dst).w()?;
+    }
+    let n = (need / 3) as u32;
+    q.triples.clear();
+    let k = kernels(dev)?;
+    let (mut ptr, _g) = staging.device_ptr(&stream);
+    let mut n_arg = n;
+    let mut params: [*mut c_void; 2] = [
+        (&mut ptr) as *mut u64 as *mut c_void,
+        (&mut n_arg) as *mut u32 as *mut c_void,
+    ];
+    let blocks = n.div_ceil(THREADS).clamp(1, 1024);
+    launch(&k.scatter, &stream, (blocks, 1, 1), &mut params)
 }
 
 /// The loaded kernels of one device.
@@ -302,6 +343,7 @@ pub(crate) fn run(
         candle_core::bail!("batch {batch} or vocab {vocab} does not fit in a u32");
     };
     let dev = storage.device.clone();
+    flush(&dev)?; // the processors' queued table writes go first
     let k = kernels(&dev)?;
     let stream = dev.cuda_stream();
 

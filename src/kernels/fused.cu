@@ -12,7 +12,7 @@
 //   kept, tempered logits of its chunk to `partial` (rows with min-p only); `pass` 1 writes
 //   -inf over masked tokens without reading them (16-byte stores on the aligned body), and
 //   tempers and cuts the kept ones where the row has a temperature or min-p.
-// * `lp_scatter`: table[pairs[2k]] = pairs[2k + 1], for the device copies of host tables.
+// * `lp_scatter`: the deferred single-word writes of every host table of a device, one launch.
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -382,8 +382,10 @@ LP_ENTRY(f32, 0)
 LP_ENTRY(f16, 1)
 LP_ENTRY(bf16, 2)
 
-extern "C" __global__ void __launch_bounds__(256) lp_scatter(u32* table, const u32* pairs, u32 n) {
+// Deferred writes of host tables: `n` triples (address low, address high, value).
+extern "C" __global__ void __launch_bounds__(256) lp_scatter(const u32* triples, u32 n) {
     for (u32 k = blockIdx.x * blockDim.x + threadIdx.x; k < n; k += gridDim.x * blockDim.x) {
-        table[pairs[2 * k]] = pairs[2 * k + 1];
+        const u64 addr = (u64)triples[3 * k] | ((u64)triples[3 * k + 1] << 32);
+        *reinterpret_cast<u32*>(addr) = triples[3 * k + 2];
     }
 }

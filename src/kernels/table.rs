@@ -128,6 +128,8 @@ impl RowTable {
         self.dirty = None;
         #[cfg(feature = "cuda")]
         if let Device::Cuda(dev) = &self.device {
+            // Dropping the old buffer sends the writes queued for it first.
+            self.cuda = None;
             self.cuda = Some(super::cuda::DeviceU32::from_host(dev, &self.host)?);
         }
         Ok(())
