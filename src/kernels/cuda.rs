@@ -32,6 +32,9 @@ pub(crate) struct DeviceU32 {
     slice: CudaSlice<u32>,
     dev: CudaDevice,
     stream: Arc<CudaStream>,
+    /// The flush count when this buffer last queued writes: while it is current, the queue
+    /// holds them, and newer writes to the same words must not share one scatter launch.
+    queued_at: Option<u64>,
 }
 
 impl std::fmt::Debug for DeviceU32 {
@@ -55,6 +58,7 @@ impl DeviceU32 {
             slice,
             dev: dev.clone(),
             stream,
+            queued_at: None,
         })
     }
 
@@ -94,10 +98,17 @@ impl DeviceU32 {
                     dev: self.dev.clone(),
                     triples: Vec::new(),
                     staging: None,
+                    flushes: 0,
                 });
                 pending.last_mut().expect("pushed")
             }
         };
+        // The writes of one scatter launch land in any order: if this buffer's older writes are
+        // still queued, send them first.
+        if self.queued_at == Some(q.flushes) {
+            send(q)?;
+        }
+        self.queued_at = Some(q.flushes);
         for &i in indices {
             let addr = base + 4 * u64::from(i);
             q.triples
@@ -125,6 +136,8 @@ struct Pending {
     /// `[address low, address high, value]` triples.
     triples: Vec<u32>,
     staging: Option<CudaSlice<u32>>,
+    /// How many times the queue was sent.
+    flushes: u64,
 }
 
 static PENDING: Mutex<Vec<Pending>> = Mutex::new(Vec::new());
@@ -134,12 +147,18 @@ static PENDING: Mutex<Vec<Pending>> = Mutex::new(Vec::new());
 pub(crate) fn flush(dev: &CudaDevice) -> Result<()> {
     let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
     let id = dev.id();
-    let Some(q) = pending.iter_mut().find(|p| p.dev.id() == id) else {
-        return Ok(());
-    };
+    match pending.iter_mut().find(|p| p.dev.id() == id) {
+        Some(q) => send(q),
+        None => Ok(()),
+    }
+}
+
+/// Sends one device's queue (the caller holds the `PENDING` lock).
+fn send(q: &mut Pending) -> Result<()> {
     if q.triples.is_empty() {
         return Ok(());
     }
+    let dev = q.dev.clone();
     let stream = dev.cuda_stream();
     let need = q.triples.len();
     if q.staging.as_ref().is_none_or(|s| s.len() < need) {
@@ -152,7 +171,8 @@ pub(crate) fn flush(dev: &CudaDevice) -> Result<()> {
     }
     let n = (need / 3) as u32;
     q.triples.clear();
-    let k = kernels(dev)?;
+    q.flushes += 1;
+    let k = kernels(&dev)?;
     let (mut ptr, _g) = staging.device_ptr(&stream);
     let mut n_arg = n;
     let mut params: [*mut c_void; 2] = [
