@@ -486,8 +486,8 @@ pub(crate) fn run(
     }
     let (mut batch_arg, mut vocab_arg, mut chunk_arg, mut nchunks_arg) =
         (batch32, vocab32, chunk, nchunks);
-    for pass in if op.min_p.is_some() { 0..2 } else { 1..2 } {
-        let mut pass_arg = pass as i32;
+    for pass in if op.min_p.is_some() { 0i32..2 } else { 1..2 } {
+        let mut pass_arg = pass;
         let mut params: [*mut c_void; 14] = [
             arg!(logits),
             arg!(batch_arg),
@@ -533,7 +533,7 @@ mod tests {
         for b in [1, 8, 64, 256, 1000] {
             for es in [2, 4] {
                 let c = chunk_for(b, 151_936, es, 132);
-                assert!(c % 32 == 0 && (MIN_CHUNK..=MAX_CHUNK).contains(&c));
+                assert!(c.is_multiple_of(32) && (MIN_CHUNK..=MAX_CHUNK).contains(&c));
             }
         }
     }
