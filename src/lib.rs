@@ -76,16 +76,18 @@ mod kernels;
 pub mod ledger;
 mod output;
 mod params;
+mod persistent_batch;
 mod pipeline;
 mod processor;
 mod processors;
 
 pub use batch::{AddedRequest, BatchUpdate, BatchUpdateBuilder, MoveDirectionality, MovedRequest};
 pub use config::{ProcessorConfig, ProcessorConfigBuilder};
-pub use error::{ConfigError, Error, LogitsError, ParamsError, Result, UpdateError};
+pub use error::{BatchError, ConfigError, Error, LogitsError, ParamsError, Result, UpdateError};
 pub use ledger::RowLedger;
 pub use output::{OutputChange, OutputCursor, OutputTokens};
 pub use params::{ExtraArg, RequestParams};
+pub use persistent_batch::PersistentBatch;
 pub use pipeline::{Pipeline, PipelineBuilder, Stage};
 pub use processor::LogitsProcessor;
 pub use processors::{
