@@ -193,6 +193,17 @@ pub enum ParamsError {
         /// What is accepted, in words.
         expected: &'static str,
     },
+    /// An object in [`RequestParams::objects`](crate::RequestParams::objects) is not of the
+    /// type a processor reads it as.
+    #[error("object {name:?} is a {found}, but a {expected} was expected")]
+    ObjectType {
+        /// The object's name.
+        name: String,
+        /// The type asked for.
+        expected: &'static str,
+        /// The type stored.
+        found: &'static str,
+    },
     /// A custom processor rejected the request's parameters.
     #[error("{processor}: {reason}")]
     Rejected {
@@ -253,6 +264,13 @@ pub enum LogitsError {
         row: usize,
         /// The current batch size.
         batch_size: usize,
+    },
+    /// Logits that a CPU-only helper ([`for_each_row_mut`](crate::for_each_row_mut)) was given
+    /// on another device.
+    #[error("logits are on {got:?}, but this needs them on the CPU")]
+    NotOnCpu {
+        /// The logits' device.
+        got: DeviceLocation,
     },
     /// Logits on another device than the processor's state.
     #[error("logits are on {got:?} but the processor's state lives on {expected:?}")]

@@ -71,9 +71,11 @@ pub use candle_core;
 
 mod batch;
 mod config;
+mod cpu_rows;
 mod error;
 mod kernels;
 pub mod ledger;
+mod objects;
 mod output;
 mod params;
 mod persistent_batch;
@@ -83,8 +85,10 @@ mod processors;
 
 pub use batch::{AddedRequest, BatchUpdate, BatchUpdateBuilder, MoveDirectionality, MovedRequest};
 pub use config::{ProcessorConfig, ProcessorConfigBuilder};
+pub use cpu_rows::{for_each_row_mut, RowMut};
 pub use error::{BatchError, ConfigError, Error, LogitsError, ParamsError, Result, UpdateError};
 pub use ledger::RowLedger;
+pub use objects::RequestObjects;
 pub use output::{OutputChange, OutputCursor, OutputTokens};
 pub use params::{ExtraArg, RequestParams};
 pub use persistent_batch::PersistentBatch;

@@ -119,6 +119,15 @@ pub trait LogitsProcessor: Send {
 
     /// Shapes `logits` (`[batch_size, vocab]`, contiguous) in place.
     ///
+    /// # Aliases see the change
+    ///
+    /// "In place" means in the tensor's *storage*, which candle shares between a tensor and
+    /// every clone or view of it: `logits.clone()`, `logits.contiguous()` of a contiguous
+    /// tensor, `logits.to_dtype(d)` to its own dtype, `narrow`/`get`/`i` views. A clone kept to
+    /// compute raw logprobs after `apply` is therefore changed too. To keep the raw logits, take
+    /// a real copy first: `let raw = logits.copy()?;` (one device-to-device copy; or any op
+    /// that writes a new tensor, such as `log_softmax`), then `apply` to `logits`.
+    ///
     /// # Errors
     ///
     /// Logits of the wrong rank, shape, dtype or device, or a device error.
