@@ -147,7 +147,9 @@ impl<K: Eq + Hash + Clone + Debug> PersistentBatch<K> {
         Self {
             capacity,
             rows: vec![None; capacity],
-            index: HashMap::with_capacity(capacity),
+            // Twice the capacity: with at most `capacity` ids, hashbrown then always rehashes its
+            // tombstones in place instead of growing (no allocation once warm).
+            index: HashMap::with_capacity(2 * capacity),
             len: 0,
             top: 0,
             holes: BinaryHeap::with_capacity(capacity),
