@@ -72,6 +72,18 @@ struct Running {
     max_tokens: usize,
 }
 
+impl Running {
+    fn new(req: &Request, output: OutputTokens) -> Self {
+        let last = *req.prompt.last().unwrap_or(&EOS);
+        let max_tokens = req.max_tokens;
+        Self {
+            output,
+            last,
+            max_tokens,
+        }
+    }
+}
+
 /// Serves `requests` with at most `max_batch_size` running at once.
 pub fn run(requests: Vec<Request>, max_batch_size: usize) -> Result<Outcome> {
     let config = ProcessorConfig::builder()
@@ -99,31 +111,23 @@ pub fn run(requests: Vec<Request>, max_batch_size: usize) -> Result<Outcome> {
                 break;
             };
             if let Err(e) = processors.validate_params(&req.params) {
+                // reject bad requests before admitting them
                 eprintln!("request {} rejected: {e}", req.id);
                 continue;
             }
-            let output = OutputTokens::new();
+            let output = OutputTokens::new(); // the engine pushes (and truncates) it
+            running.insert(req.id, Running::new(&req, output.clone()));
             batch
-                .add(req.id, Arc::new(req.params))?
-                .with_prompt(req.prompt.clone())
-                .with_output_tokens(output.clone());
-            let last = *req.prompt.last().unwrap_or(&EOS);
-            let max_tokens = req.max_tokens;
-            running.insert(
-                req.id,
-                Running {
-                    output,
-                    last,
-                    max_tokens,
-                },
-            );
+                .add(req.id, Arc::new(req.params))? // lowest freed row, or appended
+                .with_prompt(req.prompt)
+                .with_output_tokens(output);
         }
         // Reorder: requests with output first, new ones last (vLLM puts decodes before
         // prefills); every swap is reported.
         batch.sort_by_key(|id| running[id].output.is_empty())?;
 
         // The processors follow the batch, then shape the model's logits in place.
-        let update = batch.step();
+        let update = batch.step(); // None when nothing changed; then rows 0..batch.len()
         for m in update.iter().flat_map(|u| &u.moved) {
             match m.direction {
                 MoveDirectionality::Unidirectional => out.moves += 1,
@@ -138,7 +142,7 @@ pub fn run(requests: Vec<Request>, max_batch_size: usize) -> Result<Outcome> {
         last_tokens.clear();
         last_tokens.extend(batch.iter().map(|(_, id)| running[id].last));
         let logits = model.forward(&last_tokens)?;
-        processors.apply(&logits)?;
+        processors.apply(&logits)?; // in place
         let next: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
 
         // Append each row's token; finished requests leave the batch.
@@ -148,7 +152,7 @@ pub fn run(requests: Vec<Request>, max_batch_size: usize) -> Result<Outcome> {
             r.output.push(token);
             r.last = token;
             if token == EOS || r.output.len() >= r.max_tokens {
-                batch.remove(&id)?;
+                batch.remove(&id)?; // its row is reused or condensed at the next step
                 let r = running.remove(&id).expect("a running request");
                 out.outputs.insert(id, r.output.to_vec());
             }

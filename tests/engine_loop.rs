@@ -37,3 +37,31 @@ fn batched_decoding_equals_decoding_each_request_alone() {
         );
     }
 }
+
+/// The README's engine loop is the example's code: every code line of the README block appears
+/// in `examples/engine_loop.rs`, in the same order (the README may leave lines out).
+#[test]
+fn the_readme_loop_is_the_example() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let example = std::fs::read_to_string(format!("{root}/examples/engine_loop.rs")).unwrap();
+    let section = &readme[readme
+        .find("## An engine loop")
+        .expect("the README section")..];
+    let start = section.find("```rust\n").expect("a rust block") + "```rust\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    let code = |l: &&str| !l.trim().is_empty();
+    let block: Vec<&str> = block.lines().filter(code).map(str::trim).collect();
+    assert!(
+        block.len() > 40,
+        "the README block has {} lines",
+        block.len()
+    );
+    let mut example_lines = example.lines().map(str::trim);
+    for line in &block {
+        assert!(
+            example_lines.any(|l| l == *line),
+            "README line not in the example (or out of order): {line}"
+        );
+    }
+}
