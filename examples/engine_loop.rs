@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor, D};
 use logits_processors::{
-    ForceToken, LogitBias, LogitsProcessor, MinTokens, MoveDirectionality, OutputTokens, Penalties,
-    PersistentBatch, Pipeline, ProcessorConfig, RequestParams, Result,
+    BatchUpdate, ForceToken, LogitBias, LogitsProcessor, MinTokens, MoveDirectionality,
+    OutputTokens, Penalties, PersistentBatch, Pipeline, ProcessorConfig, RequestParams, Result,
 };
 
 /// The toy vocabulary size and its end-of-sequence token.
@@ -46,6 +46,17 @@ pub struct Outcome {
     pub moves: usize,
     /// Swaps reported.
     pub swaps: usize,
+}
+
+impl Outcome {
+    fn count(&mut self, update: Option<&BatchUpdate>) {
+        for m in update.iter().flat_map(|u| &u.moved) {
+            match m.direction {
+                MoveDirectionality::Unidirectional => self.moves += 1,
+                MoveDirectionality::Swap => self.swaps += 1,
+            }
+        }
+    }
 }
 
 /// The model: logits `[batch, VOCAB]` from each row's last token (a fixed table lookup).
@@ -126,15 +137,11 @@ pub fn run(requests: Vec<Request>, max_batch_size: usize) -> Result<Outcome> {
         // prefills); every swap is reported.
         batch.sort_by_key(|id| running[id].output.is_empty())?;
 
-        // The processors follow the batch, then shape the model's logits in place.
-        let update = batch.step(); // None when nothing changed; then rows 0..batch.len()
-        for m in update.iter().flat_map(|u| &u.moved) {
-            match m.direction {
-                MoveDirectionality::Unidirectional => out.moves += 1,
-                MoveDirectionality::Swap => out.swaps += 1,
-            }
-        }
-        processors.update_state(update)?;
+        // The processors follow the batch (an update they refuse is undone); rows 0..len().
+        batch.step_with(|update| {
+            out.count(update);
+            processors.update_state(update) // update is None when nothing changed
+        })?;
         if batch.is_empty() {
             out.steps += 1; // idle until the next arrival
             continue;

@@ -41,7 +41,8 @@ enum Phase {
 ///    [`sort_by_key`](Self::sort_by_key) reorder the rows with swaps;
 /// 5. [`step`](Self::step) lends the update for
 ///    [`update_state`](crate::LogitsProcessor::update_state) (`None` when nothing changed);
-///    rows `0..len()` then hold the requests, and [`row_of`](Self::row_of) /
+///    [`step_with`](Self::step_with) hands it over and undoes the step if the processors
+///    refuse it. Rows `0..len()` then hold the requests, and [`row_of`](Self::row_of) /
 ///    [`id_at`](Self::id_at) say which is where, for building the model's input.
 ///
 /// Within a step, removals and additions come before reordering (a `remove` or `add` after a
@@ -52,8 +53,9 @@ enum Phase {
 /// nothing. The updates it produces always satisfy the rules of [`crate::ledger`].
 ///
 /// Validate a request's parameters with the processors'
-/// [`validate_params`](crate::LogitsProcessor::validate_params) *before* adding it: once the
-/// batch has recorded a change, a processor that rejects the update leaves the two out of step.
+/// [`validate_params`](crate::LogitsProcessor::validate_params) *before* adding it, or feed the
+/// update with [`step_with`](Self::step_with): after a plain `step`, processors that refuse the
+/// update leave the batch a step ahead of them.
 ///
 /// # Cost
 ///
@@ -122,8 +124,11 @@ pub struct PersistentBatch<K> {
     top: usize,
     /// Empty rows below `top` (membership phase), lowest first.
     holes: BinaryHeap<Reverse<usize>>,
-    /// Rows whose request of the step's start left in this step.
-    freed: Vec<usize>,
+    /// The requests of the step's start that left in this step, with their rows (for
+    /// `removed`, and for `undo_step`).
+    left: Vec<(usize, K)>,
+    /// The number of requests at the step's start.
+    start_len: usize,
     /// Rows holding a request added in this step (membership phase only).
     fresh: Vec<bool>,
     update: BatchUpdate,
@@ -153,7 +158,8 @@ impl<K: Eq + Hash + Clone + Debug> PersistentBatch<K> {
             len: 0,
             top: 0,
             holes: BinaryHeap::with_capacity(capacity),
-            freed: Vec::with_capacity(capacity),
+            left: Vec::with_capacity(capacity),
+            start_len: 0,
             fresh: vec![false; capacity],
             update,
             phase: Phase::Membership,
@@ -225,7 +231,7 @@ impl<K: Eq + Hash + Clone + Debug> PersistentBatch<K> {
         if self.phase == Phase::Reorder {
             return Err(BatchError::AfterReorder { op: "remove" }.into());
         }
-        let Some(row) = self.index.remove(id) else {
+        let Some((id, row)) = self.index.remove_entry(id) else {
             return Err(BatchError::UnknownRequest {
                 id: format!("{id:?}"),
             }
@@ -240,7 +246,7 @@ impl<K: Eq + Hash + Clone + Debug> PersistentBatch<K> {
                 self.update.added.swap_remove(i);
             }
         } else {
-            self.freed.push(row);
+            self.left.push((row, id));
         }
         self.holes.push(Reverse(row));
         Ok(row)
@@ -393,6 +399,92 @@ impl<K: Eq + Hash + Clone + Debug> PersistentBatch<K> {
         (!self.update.is_empty()).then_some(&self.update)
     }
 
+    /// [`step`](Self::step), handing the update to `feed` (the processors'
+    /// [`update_state`](crate::LogitsProcessor::update_state)); if `feed` fails, the step is
+    /// undone: the batch is exactly as before the step's first change, `feed`'s error is
+    /// returned, and the next step reports nothing of it. Batch and processors stay in step
+    /// either way (provided `feed` changed nothing when it failed, as a
+    /// [`Pipeline`](crate::Pipeline) guarantees).
+    ///
+    /// For a request whose parameters were not validated first: on error, drop or fix it and
+    /// redo the step's changes.
+    ///
+    /// # Errors
+    ///
+    /// `feed`'s.
+    ///
+    /// Cost: as `step`, plus O(changes of the step) to undo on error (one `clone` per request
+    /// the step removed).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use logits_processors::*;
+    ///
+    /// let config = ProcessorConfig::builder().max_batch_size(4).vocab_size(8).build()?;
+    /// let mut processors = Pipeline::builder(&config).with(ForceToken::new(&config)?).build()?;
+    /// let mut batch = PersistentBatch::<u64>::new(4);
+    /// batch.add(1, Arc::new(RequestParams::new()))?;
+    /// batch.step_with(|update| processors.update_state(update))?;
+    ///
+    /// batch.remove(&1)?;
+    /// let bad = RequestParams::new().with_allowed_token_ids([99]); // not in the vocabulary
+    /// batch.add(2, Arc::new(bad))?;
+    /// let refused = batch.step_with(|update| processors.update_state(update));
+    /// assert!(matches!(refused, Err(Error::Params(_))));
+    /// assert_eq!((batch.len(), batch.row_of(&1), batch.contains(&2)), (1, Some(0), false));
+    /// assert!(batch.step().is_none()); // in step with the processors
+    /// # Ok::<(), logits_processors::Error>(())
+    /// ```
+    pub fn step_with<E>(
+        &mut self,
+        feed: impl FnOnce(Option<&BatchUpdate>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let result = feed(self.step());
+        if result.is_err() {
+            self.undo_step();
+        }
+        result
+    }
+
+    /// Undoes the step just lent by `step` (the batch is then as at its start).
+    fn undo_step(&mut self) {
+        let update = &mut self.update;
+        for m in update.moved.iter().rev() {
+            match m.direction {
+                MoveDirectionality::Swap => self.rows.swap(m.from, m.to),
+                MoveDirectionality::Unidirectional => self.rows[m.from] = self.rows[m.to].take(),
+            }
+        }
+        for a in &update.added {
+            if let Some(id) = self.rows[a.row].take() {
+                self.index.remove(&id);
+            }
+            self.fresh[a.row] = false;
+        }
+        for (row, id) in self.left.drain(..) {
+            self.rows[row] = Some(id.clone());
+            self.index.insert(id, row);
+        }
+        for m in &update.moved {
+            for row in [m.from, m.to] {
+                if let Some(id) = &self.rows[row] {
+                    if let Some(r) = self.index.get_mut(id) {
+                        *r = row;
+                    }
+                }
+            }
+        }
+        update.removed.clear();
+        update.added.clear();
+        update.moved.clear();
+        self.holes.clear();
+        self.len = self.start_len;
+        self.top = self.start_len;
+        self.phase = Phase::Membership;
+    }
+
     fn known_row(&self, id: &K) -> Result<usize> {
         self.row_of(id).ok_or_else(|| {
             BatchError::UnknownRequest {
@@ -408,6 +500,8 @@ impl<K: Eq + Hash + Clone + Debug> PersistentBatch<K> {
             self.update.removed.clear();
             self.update.added.clear();
             self.update.moved.clear();
+            self.left.clear();
+            self.start_len = self.len;
             self.phase = Phase::Membership;
         }
     }
@@ -419,13 +513,12 @@ impl<K: Eq + Hash + Clone + Debug> PersistentBatch<K> {
             return;
         }
         let update = &mut self.update;
-        for &row in &self.freed {
+        for &(row, _) in &self.left {
             if !self.fresh[row] {
                 update.removed.push(row);
             }
         }
         update.removed.sort_unstable();
-        self.freed.clear();
         for a in &update.added {
             self.fresh[a.row] = false;
         }

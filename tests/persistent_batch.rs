@@ -108,7 +108,9 @@ fn params(id: u64) -> Arc<RequestParams> {
     Arc::new(RequestParams::new().with_allowed_token_ids([token_of(id)]))
 }
 
-fn run_stream(steps: Vec<Vec<Op>>) -> Result<(), TestCaseError> {
+/// A step: its calls, and whether the processors refuse its update (`step_with` then undoes
+/// it).
+fn run_stream(steps: Vec<(Vec<Op>, bool)>) -> Result<(), TestCaseError> {
     let config = ProcessorConfig::builder()
         .max_batch_size(CAPACITY)
         .vocab_size(VOCAB)
@@ -126,8 +128,9 @@ fn run_stream(steps: Vec<Vec<Op>>) -> Result<(), TestCaseError> {
     // Ids are never reused, and the live ones (at most 8) have distinct tokens mod 64.
     let mut next_id = 0u64;
 
-    for ops in steps {
+    for (ops, undo_after) in steps {
         model.reordered = false;
+        let start = model.rows.clone();
         for op in ops {
             let before = rows_of(&batch);
             let live = model.live();
@@ -250,9 +253,15 @@ fn run_stream(steps: Vec<Vec<Op>>) -> Result<(), TestCaseError> {
             prop_assert_eq!(rows_of(&batch), before, "a refused call changed the rows");
         }
 
-        // End of step: the update goes to the pipeline, which must accept it.
+        // End of step: the update goes to the pipeline, which must accept it (or is undone).
         model.condense();
-        pipeline.update_state(batch.step())?;
+        if undo_after {
+            let refused = batch.step_with(|_| Err("refused"));
+            prop_assert_eq!(refused, Err("refused"));
+            model.rows = start;
+        } else {
+            batch.step_with(|update| pipeline.update_state(update))?;
+        }
         prop_assert_eq!(
             rows_of(&batch),
             model.rows.clone(),
@@ -286,11 +295,14 @@ fn run_stream(steps: Vec<Vec<Op>>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
 
     #[test]
     fn engine_streams_through_the_helper_keep_every_row_right(
-        steps in prop::collection::vec(prop::collection::vec(op_strategy(), 0..10), 1..25)
+        steps in prop::collection::vec(
+            (prop::collection::vec(op_strategy(), 0..10), prop::bool::weighted(0.15)),
+            1..25,
+        )
     ) {
         run_stream(steps)?;
     }
