@@ -56,8 +56,12 @@ struct Hand {
 }
 
 impl Hand {
-    fn step(&mut self, next_id: &mut u64, params: &Arc<RequestParams>) -> usize {
-        let mut n = 0;
+    fn step(
+        &mut self,
+        next_id: &mut u64,
+        params: &Arc<RequestParams>,
+        mut sink: impl FnMut(Option<&BatchUpdate>),
+    ) {
         for (removes, adds, (a, b)) in STEPS {
             for &r in removes {
                 let row = r % self.len;
@@ -105,9 +109,38 @@ impl Hand {
                 self.index.insert(self.rows[row].unwrap(), row);
             }
             self.builder.swap(a, b);
-            n += self.builder.build(self.len).map_or(0, |u| u.moved.len());
+            sink(self.builder.build(self.len));
         }
-        n
+    }
+}
+
+/// The peer is only a floor if it is right: its updates must be accepted by a processor and
+/// leave the same rows as the helper's.
+fn check_hand_matches_helper(mut hand: Hand, params: &Arc<RequestParams>) {
+    let config = ProcessorConfig::builder()
+        .max_batch_size(ROWS)
+        .vocab_size(VOCAB)
+        .build()
+        .unwrap();
+    let mut by_hand = ForceToken::new(&config).unwrap();
+    let mut b = BatchUpdateBuilder::new();
+    for row in 0..ROWS {
+        b.add(row, params.clone());
+    }
+    by_hand.update_state(b.build(ROWS)).unwrap();
+    let mut batch = PersistentBatch::<u64>::new(ROWS);
+    for id in 0..ROWS as u64 {
+        batch.add(id, params.clone()).unwrap();
+    }
+    batch.step();
+    let (mut next_hand, mut next_helper) = (ROWS as u64, ROWS as u64);
+    for _ in 0..100 {
+        hand.step(&mut next_hand, params, |u| by_hand.update_state(u).unwrap());
+        with_helper(&mut batch, &mut next_helper, params, |_| {});
+        assert_eq!(hand.len, batch.len());
+        for row in 0..hand.len {
+            assert_eq!(hand.rows[row].as_ref(), batch.id_at(row));
+        }
     }
 }
 
@@ -130,7 +163,7 @@ fn step(c: &mut Criterion) {
         })
     });
 
-    let mut hand = Hand {
+    let new_hand = || Hand {
         rows: (0..ROWS as u64).map(Some).collect(),
         index: (0..ROWS as u64).map(|id| (id, id as usize)).collect(),
         holes: Vec::with_capacity(ROWS),
@@ -138,9 +171,15 @@ fn step(c: &mut Criterion) {
         top: ROWS,
         builder: BatchUpdateBuilder::new(),
     };
+    check_hand_matches_helper(new_hand(), &params);
+    let mut hand = new_hand();
     let mut next_id = ROWS as u64;
     group.bench_function("two_steps_in_256/by_hand", |bench| {
-        bench.iter(|| black_box(hand.step(&mut next_id, &params)))
+        bench.iter(|| {
+            hand.step(&mut next_id, &params, |u| {
+                black_box(u);
+            })
+        })
     });
 
     let config = ProcessorConfig::builder()
