@@ -339,6 +339,10 @@ impl<K: Eq + Hash + Clone + Debug> PersistentBatch<K> {
     ///
     /// None today; the `Result` leaves room for it.
     ///
+    /// # Panics
+    ///
+    /// If `compare` is not a total order, as [`slice::sort_unstable_by`] may.
+    ///
     /// Cost: O(n log n) comparisons, no allocation.
     pub fn sort_by(&mut self, mut compare: impl FnMut(&K, &K) -> Ordering) -> Result<()> {
         self.begin_step();
