@@ -335,15 +335,14 @@ impl<K: Eq + Hash + Clone + Debug> PersistentBatch<K> {
     /// keep their order), with at most `len() - 1` swaps, all reported (filling the step's holes
     /// first).
     ///
+    /// A `compare` that is not a total order never panics: the rows then end in some order,
+    /// still all reported.
+    ///
     /// # Errors
     ///
     /// None today; the `Result` leaves room for it.
     ///
-    /// # Panics
-    ///
-    /// If `compare` is not a total order, as [`slice::sort_unstable_by`] may.
-    ///
-    /// Cost: O(n log n) comparisons, no allocation.
+    /// Cost: O(n log n) comparisons (an in-place heap sort), no allocation.
     pub fn sort_by(&mut self, mut compare: impl FnMut(&K, &K) -> Ordering) -> Result<()> {
         self.begin_step();
         self.condense();
@@ -351,13 +350,15 @@ impl<K: Eq + Hash + Clone + Debug> PersistentBatch<K> {
         let rows = &self.rows;
         self.order.clear();
         self.order.extend(0..n);
-        // Unstable sort (no allocation) made stable by the tie-break on the row.
-        self.order.sort_unstable_by(|&x, &y| {
+        // Unstable sort (no allocation) made stable by the tie-break on the row. A heap sort
+        // rather than `sort_unstable_by`, which may panic on a comparator that is not a total
+        // order.
+        heap_sort_by(&mut self.order, |&x, &y| {
             let by_id = match (&rows[x], &rows[y]) {
                 (Some(a), Some(b)) => compare(a, b),
                 _ => Ordering::Equal,
             };
-            by_id.then(x.cmp(&y))
+            by_id.then(x.cmp(&y)) == Ordering::Less
         });
         // `pos[r]`: where the request that was on row r is now; `at[i]`: which original row's
         // request is on row i now.
@@ -572,5 +573,33 @@ impl<K: Eq + Hash + Clone + Debug> PersistentBatch<K> {
             to: b,
             direction: MoveDirectionality::Swap,
         });
+    }
+}
+
+/// Sorts `v` in place by `less`, with O(n log n) calls and no allocation. Whatever `less`
+/// answers, it never panics and `v` stays a permutation of its input.
+fn heap_sort_by<T>(v: &mut [T], mut less: impl FnMut(&T, &T) -> bool) {
+    fn sift_down<T>(v: &mut [T], mut node: usize, less: &mut impl FnMut(&T, &T) -> bool) {
+        loop {
+            let mut child = 2 * node + 1;
+            if child >= v.len() {
+                return;
+            }
+            if child + 1 < v.len() && less(&v[child], &v[child + 1]) {
+                child += 1;
+            }
+            if !less(&v[node], &v[child]) {
+                return;
+            }
+            v.swap(node, child);
+            node = child;
+        }
+    }
+    for node in (0..v.len() / 2).rev() {
+        sift_down(v, node, &mut less);
+    }
+    for end in (1..v.len()).rev() {
+        v.swap(0, end);
+        sift_down(&mut v[..end], 0, &mut less);
     }
 }

@@ -407,3 +407,49 @@ fn unreported_swaps_are_what_the_helper_prevents() {
     assert_eq!(wanted, [7, 6, 5]);
     assert_eq!(forced_argmax(&mut processors, 3), wanted);
 }
+
+/// A comparator that is not a total order (here: answers at random) never panics; the rows stay
+/// a permutation of the requests and the reported swaps say where each one went.
+#[test]
+fn sort_by_with_an_inconsistent_comparator_keeps_every_request() {
+    let config = ProcessorConfig::builder()
+        .max_batch_size(64)
+        .vocab_size(VOCAB)
+        .build()
+        .unwrap();
+    let mut processors = Pipeline::builder(&config)
+        .with(ForceToken::new(&config).unwrap())
+        .build()
+        .unwrap();
+    let mut batch = PersistentBatch::<u64>::new(64);
+    for id in 0..64 {
+        batch.add(id, params(id)).unwrap();
+    }
+    processors.update_state(batch.step()).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..20 {
+        batch
+            .sort_by(|_, _| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                [
+                    std::cmp::Ordering::Less,
+                    std::cmp::Ordering::Equal,
+                    std::cmp::Ordering::Greater,
+                ][(state % 3) as usize]
+            })
+            .unwrap();
+        processors.update_state(batch.step()).unwrap();
+        let mut ids: Vec<u64> = (0..64).map(|r| *batch.id_at(r).unwrap()).collect();
+        let logits = Tensor::zeros((64, VOCAB), DType::F32, &Device::Cpu).unwrap();
+        processors.apply(&logits).unwrap();
+        let rows = logits.to_vec2::<f32>().unwrap();
+        for (row, id) in ids.iter().enumerate() {
+            let kept: Vec<usize> = (0..VOCAB).filter(|&t| rows[row][t].is_finite()).collect();
+            assert_eq!(kept, [token_of(*id) as usize], "row {row}");
+        }
+        ids.sort_unstable();
+        assert_eq!(ids, (0..64).collect::<Vec<_>>());
+    }
+}
