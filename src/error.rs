@@ -5,6 +5,7 @@
 //! | variant | who must act | inner type |
 //! | --- | --- | --- |
 //! | [`Error::Update`] | the engine: its batch bookkeeping is broken (a bug) | [`UpdateError`] |
+//! | [`Error::Batch`] | the engine: it misused a [`PersistentBatch`](crate::PersistentBatch) (unknown or duplicate id, full batch) | [`BatchError`] |
 //! | [`Error::Params`] | the client: a request asks for something unusable | [`ParamsError`] |
 //! | [`Error::Logits`] | the caller of `apply`: wrong shape, dtype, layout or device | [`LogitsError`] |
 //! | [`Error::Config`] | whoever builds the processors | [`ConfigError`] |
@@ -26,6 +27,10 @@ pub enum Error {
     /// The engine's [`BatchUpdate`](crate::BatchUpdate) breaks a rule of [`crate::ledger`].
     #[error("invalid batch update (an engine bookkeeping bug): {0}")]
     Update(#[from] UpdateError),
+    /// The engine asked a [`PersistentBatch`](crate::PersistentBatch) for something it cannot
+    /// do (an unknown or duplicate request id, a full batch, an add after a reorder).
+    #[error("persistent batch: {0}")]
+    Batch(#[from] BatchError),
     /// A request's [`RequestParams`](crate::RequestParams) cannot be served.
     #[error("request rejected: {0}")]
     Params(#[from] ParamsError),
@@ -115,6 +120,49 @@ pub enum UpdateError {
     },
 }
 
+/// A call to a [`PersistentBatch`](crate::PersistentBatch) that it refused: the engine's
+/// mistake. The batch is unchanged.
+///
+/// Request ids are shown with their `Debug` form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// The id names no request in the batch.
+    #[error("request {id} is not in the batch")]
+    UnknownRequest {
+        /// The id, as `Debug` prints it.
+        id: String,
+    },
+    /// The id is already in the batch.
+    #[error("request {id} is already in the batch")]
+    DuplicateRequest {
+        /// The id, as `Debug` prints it.
+        id: String,
+    },
+    /// Every row is taken.
+    #[error("the batch is full: all {capacity} rows hold requests")]
+    Full {
+        /// The capacity.
+        capacity: usize,
+    },
+    /// A row index at or beyond the batch size.
+    #[error("row {row} is out of range: the batch holds {batch_size} requests")]
+    RowOutOfRange {
+        /// The offending row.
+        row: usize,
+        /// The number of requests in the batch.
+        batch_size: usize,
+    },
+    /// A removal or an addition after the step's rows were reordered: within a step, removals
+    /// and additions come first, then swaps (vLLM's order), so that the step's update can
+    /// report them.
+    #[error("{op} after a swap in the same step: remove and add first, then reorder (or start the next step)")]
+    AfterReorder {
+        /// `"add"` or `"remove"`.
+        op: &'static str,
+    },
+}
+
 /// Request parameters a processor cannot serve: the client's fault. Reject the request.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -144,6 +192,17 @@ pub enum ParamsError {
         value: f64,
         /// What is accepted, in words.
         expected: &'static str,
+    },
+    /// An object in [`RequestParams::objects`](crate::RequestParams::objects) is not of the
+    /// type a processor reads it as.
+    #[error("object {name:?} is a {found}, but a {expected} was expected")]
+    ObjectType {
+        /// The object's name.
+        name: String,
+        /// The type asked for.
+        expected: &'static str,
+        /// The type stored.
+        found: &'static str,
     },
     /// A custom processor rejected the request's parameters.
     #[error("{processor}: {reason}")]
@@ -205,6 +264,13 @@ pub enum LogitsError {
         row: usize,
         /// The current batch size.
         batch_size: usize,
+    },
+    /// Logits that a CPU-only helper ([`for_each_row_mut`](crate::for_each_row_mut)) was given
+    /// on another device.
+    #[error("logits are on {got:?}, but this needs them on the CPU")]
+    NotOnCpu {
+        /// The logits' device.
+        got: DeviceLocation,
     },
     /// Logits on another device than the processor's state.
     #[error("logits are on {got:?} but the processor's state lives on {expected:?}")]

@@ -2,9 +2,15 @@
 //!
 //! [`RequestParams`] has a typed field for each built-in processor, named after vLLM's
 //! `SamplingParams`, and an extension map, [`RequestParams::extra`], for custom processors
-//! (vLLM's `extra_args`).
+//! (vLLM's `extra_args`), and a map of shared objects of any type,
+//! [`RequestParams::objects`] (a grammar matcher, a compiled regex).
 
+use std::any::Any;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::error::ParamsError;
+use crate::objects::RequestObjects;
 
 /// The parameters of one request, as handed to processors when the request joins the batch.
 ///
@@ -61,6 +67,9 @@ pub struct RequestParams {
     pub temperature: f32,
     /// Free-form arguments for custom processors, keyed by name.
     pub extra: BTreeMap<String, ExtraArg>,
+    /// Shared objects of any type for custom processors, keyed by name (see
+    /// [`with_object`](Self::with_object) and [`object`](Self::object)).
+    pub objects: RequestObjects,
 }
 
 impl Default for RequestParams {
@@ -77,6 +86,7 @@ impl Default for RequestParams {
             presence_penalty: 0.0,
             temperature: 1.0,
             extra: BTreeMap::new(),
+            objects: RequestObjects::new(),
         }
     }
 }
@@ -152,6 +162,47 @@ impl RequestParams {
     pub fn with_extra(mut self, key: impl Into<String>, value: ExtraArg) -> Self {
         self.extra.insert(key.into(), value);
         self
+    }
+
+    /// Attaches a shared object for custom processors (a grammar matcher, a compiled regex)
+    /// under `name`; read it back with [`object`](Self::object). The object is shared, not
+    /// copied.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use logits_processors::RequestParams;
+    ///
+    /// /// A stand-in for a grammar matcher the engine advances and a processor reads.
+    /// struct Matcher { allowed: Mutex<Vec<u32>> }
+    ///
+    /// let matcher = Arc::new(Matcher { allowed: Mutex::new(vec![1, 2]) });
+    /// let params = RequestParams::new().with_object("grammar", matcher.clone());
+    /// // in a processor's update_state, from `added.params`:
+    /// let seen = params.object::<Matcher>("grammar")?.expect("attached");
+    /// matcher.allowed.lock().unwrap().push(3); // the engine advances it...
+    /// assert_eq!(*seen.allowed.lock().unwrap(), [1, 2, 3]); // ...the processor sees it
+    /// # Ok::<(), logits_processors::ParamsError>(())
+    /// ```
+    pub fn with_object<T: Any + Send + Sync>(
+        mut self,
+        name: impl Into<String>,
+        object: Arc<T>,
+    ) -> Self {
+        self.objects.insert(name, object);
+        self
+    }
+
+    /// The object attached under `name` as an `Arc<T>`, or `None` if there is none. Cost: a
+    /// map lookup and a reference-count increment.
+    ///
+    /// # Errors
+    ///
+    /// [`ParamsError::ObjectType`] if the object under `name` is not a `T` (return it from
+    /// `validate_params` to reject the request).
+    pub fn object<T: Any + Send + Sync>(&self, name: &str) -> Result<Option<Arc<T>>, ParamsError> {
+        self.objects.get(name)
     }
 }
 
