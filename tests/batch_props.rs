@@ -19,7 +19,6 @@ use proptest::sample::Index;
 
 const CAPACITY: usize = 8;
 const VOCAB: usize = 37; // a multiple of nothing useful
-const MAX_TOKENS: usize = 4;
 
 /// A request as the reference model sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,9 +36,7 @@ fn normalised(forced: &Option<Vec<u32>>) -> Option<Option<Vec<u32>>> {
         return Some(None);
     };
     let set: BTreeSet<u32> = tokens.iter().copied().collect();
-    let valid = !tokens.is_empty()
-        && tokens.iter().all(|&t| (t as usize) < VOCAB)
-        && set.len() <= MAX_TOKENS;
+    let valid = !tokens.is_empty() && tokens.iter().all(|&t| (t as usize) < VOCAB);
     valid.then(|| Some(set.into_iter().collect()))
 }
 
@@ -71,7 +68,7 @@ fn reference_update(
             return None;
         }
         let forced = if check_params {
-            normalised(&a.params.forced_tokens.as_ref().map(|t| t.to_vec()))?
+            normalised(&a.params.allowed_token_ids.as_ref().map(|t| t.to_vec()))?
         } else {
             None
         };
@@ -161,10 +158,10 @@ fn engine_update(rows: &Rows, step: &Step) -> Option<BatchUpdate> {
         };
         live[row] = true;
         let params = match forced {
-            Some(t) => RequestParams::new().with_forced_tokens(t.iter().copied()),
+            Some(t) => RequestParams::new().with_allowed_token_ids(t.iter().copied()),
             None => RequestParams::new(),
         };
-        b.add(row, Arc::new(params), None, Default::default());
+        b.add(row, Arc::new(params));
     }
     // Condense: fill holes below the end with the last occupied rows.
     let mut end = n;
@@ -187,7 +184,7 @@ fn engine_update(rows: &Rows, step: &Step) -> Option<BatchUpdate> {
             b.swap(x.index(batch_size), y.index(batch_size));
         }
     }
-    let mut upd = b.build(batch_size);
+    let mut upd = b.build(batch_size).cloned();
     if step.unchanged {
         return None;
     }
@@ -215,13 +212,9 @@ fn corrupt(u: &mut BatchUpdate, kind: u8, x: usize, y: usize) {
         }),
         4 => {
             let row = u.added.first().map_or(x, |a| a.row);
-            let p = RequestParams::new().with_forced_tokens([y as u32]);
-            u.added.push(logits_processors::AddedRequest {
-                row,
-                params: Arc::new(p),
-                prompt_token_ids: None,
-                output_token_ids: Default::default(),
-            });
+            let p = RequestParams::new().with_allowed_token_ids([y as u32]);
+            u.added
+                .push(logits_processors::AddedRequest::new(row, Arc::new(p)));
         }
         5 => {
             if let Some(&r) = u.removed.first() {
@@ -231,13 +224,9 @@ fn corrupt(u: &mut BatchUpdate, kind: u8, x: usize, y: usize) {
             }
         }
         6 => {
-            let p = RequestParams::new().with_forced_tokens([(VOCAB + y) as u32]);
-            u.added.push(logits_processors::AddedRequest {
-                row: x,
-                params: Arc::new(p),
-                prompt_token_ids: None,
-                output_token_ids: Default::default(),
-            });
+            let p = RequestParams::new().with_allowed_token_ids([(VOCAB + y) as u32]);
+            u.added
+                .push(logits_processors::AddedRequest::new(x, Arc::new(p)));
         }
         _ => u.batch_size = u.batch_size.wrapping_sub(1).min(CAPACITY + 1),
     }
@@ -337,12 +326,14 @@ proptest! {
     ) {
         let dtype = [DType::F32, DType::F16, DType::BF16][dtype_ix];
         let mode = if mask_mode { AllowedMode::Mask } else { AllowedMode::Boost(2.5) };
-        let config = ProcessorConfig::new(CAPACITY, VOCAB, Device::Cpu).unwrap();
-        let mut force = ForceToken::with_max_tokens(&config, MAX_TOKENS).unwrap();
+        let config = ProcessorConfig::builder().max_batch_size(CAPACITY).vocab_size(VOCAB).device(Device::Cpu).build().unwrap();
+        let mut force = ForceToken::new(&config).unwrap();
         let mut allow = AllowedIds::new(&config, allowed.iter().copied(), mode).unwrap();
-        let mut pipe = Pipeline::new(&config)
-            .with(ForceToken::with_max_tokens(&config, MAX_TOKENS).unwrap())
-            .with(AllowedIds::new(&config, allowed.iter().copied(), mode).unwrap());
+        let mut pipe = Pipeline::builder(&config)
+            .with(ForceToken::new(&config).unwrap())
+            .with(AllowedIds::new(&config, allowed.iter().copied(), mode).unwrap())
+            .build()
+            .unwrap();
         let mut rows: Rows = vec![None; CAPACITY];
         // AllowedIds reads no parameters, so it may accept what ForceToken rejects.
         let mut rows_a: Rows = vec![None; CAPACITY];
@@ -363,7 +354,7 @@ proptest! {
             };
             let before_batch = force.batch_size();
             let before: Vec<Option<Vec<u32>>> =
-                (0..CAPACITY).map(|r| force.forced_tokens(r).map(<[u32]>::to_vec)).collect();
+                (0..CAPACITY).map(|r| force.allowed_token_ids(r).map(<[u32]>::to_vec)).collect();
 
             let results = [
                 force.update_state(upd.as_ref()).is_ok(),
@@ -386,7 +377,7 @@ proptest! {
                     // Unchanged state.
                     prop_assert_eq!(force.batch_size(), before_batch);
                     let after: Vec<Option<Vec<u32>>> =
-                        (0..CAPACITY).map(|r| force.forced_tokens(r).map(<[u32]>::to_vec)).collect();
+                        (0..CAPACITY).map(|r| force.allowed_token_ids(r).map(<[u32]>::to_vec)).collect();
                     prop_assert_eq!(&after, &before);
                 }
             }
@@ -397,7 +388,7 @@ proptest! {
             prop_assert_eq!(pipe.batch_size(), batch);
             for r in 0..CAPACITY {
                 let want = rows[r].as_ref().and_then(|q| q.forced.clone());
-                prop_assert_eq!(force.forced_tokens(r).map(<[u32]>::to_vec), want, "row {}", r);
+                prop_assert_eq!(force.allowed_token_ids(r).map(<[u32]>::to_vec), want, "row {}", r);
             }
 
             let cases: [(&mut dyn LogitsProcessor, &Rows, bool, Option<(&[u32], AllowedMode)>); 3] = [

@@ -41,7 +41,7 @@ use anyhow::{ensure, Result};
 use candle_core::{DType, Tensor, D};
 use clap::{Parser, ValueEnum};
 use logits_processors::{
-    BatchUpdateBuilder, ForceToken, LogitsProcessor, OutputTokens, ProcessorConfig, RequestParams,
+    BatchUpdateBuilder, ForceToken, LogitsProcessor, ProcessorConfig, RequestParams,
 };
 
 use qwen2_prefill::Qwen2;
@@ -316,13 +316,13 @@ fn judge(p: Prepared) -> Result<Summary> {
         checkpoint::Checkpoint::resume(&checkpoint::checkpoint_path(&out), &settings, &resumed)?;
 
     // The engine: one processor for the whole run, told at every step how the batch changed.
-    let processor_config = ProcessorConfig::new(
-        cli.max_batch_rows,
-        model.config().vocab_size,
-        device.clone(),
-    )?;
+    let processor_config = ProcessorConfig::builder()
+        .max_batch_size(cli.max_batch_rows)
+        .vocab_size(model.config().vocab_size)
+        .device(device.clone())
+        .build()?;
     let mut force = ForceToken::new(&processor_config)?;
-    let params = Arc::new(RequestParams::new().with_forced_tokens(choices));
+    let params = Arc::new(RequestParams::new().with_allowed_token_ids(choices));
     force.validate_params(&params)?; // every request asks for the same three tokens
     let choice_columns = Tensor::new(&choices[..], &device)?;
     let mut changes = BatchUpdateBuilder::new();
@@ -348,15 +348,13 @@ fn judge(p: Prepared) -> Result<Summary> {
         let mut at_row = vec![0; n]; // item of each row
         for (k, &item) in batch.items.iter().enumerate() {
             let row = changes.pop_removed().unwrap_or(k);
-            changes.add(
-                row,
-                params.clone(),
-                inputs.item_prompt(item).cloned(),
-                OutputTokens::new(),
-            );
+            let added = changes.add(row, params.clone());
+            if let Some(prompt) = inputs.item_prompt(item) {
+                added.with_prompt(prompt.clone());
+            }
             at_row[row] = item;
         }
-        force.update_state(changes.build(n).as_ref())?;
+        force.update_state(changes.build(n))?;
         in_batch = n;
 
         // Forward pass, then the mask, in place: only A, B and tie keep their logits.

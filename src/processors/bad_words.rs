@@ -1,0 +1,246 @@
+//! [`BadWords`]: per request, token sequences that must not be completed.
+
+use crate::batch::BatchUpdate;
+use crate::config::ProcessorConfig;
+use crate::error::{ParamsError, Result};
+use crate::kernels::table::RowTable;
+use crate::ledger::RowLedger;
+use crate::output::{for_changes, OutputChange, OutputCursor, StepOutputs};
+use crate::params::RequestParams;
+use crate::pipeline::stage::{Builtin, Part};
+use crate::processor::LogitsProcessor;
+use crate::processors::{apply_alone, builtin_basics, sorted_set, write_list};
+
+const PARAM: &str = "bad_words_token_ids";
+
+/// vLLM's `bad_words` (HF's `bad_words_ids`), as token sequences
+/// ([`RequestParams::bad_words_token_ids`]): when a request's output ends with all but the last
+/// token of a sequence, that last token is −inf; a one-token sequence is always banned.
+///
+/// The output is followed through an [`OutputCursor`](crate::OutputCursor), so appends and
+/// rollbacks are seen at every `update_state` (call it every step, with `None` when the batch
+/// did not change).
+///
+/// # State and cost
+///
+/// A per-row ban list on the device. `update_state`: for each request with multi-token
+/// sequences, its new output tokens plus one comparison per sequence of the output's tail
+/// (O(sequence length)); a device write only when the banned set changes. `apply`: writes −inf
+/// over the banned ids only.
+///
+/// # Errors
+///
+/// An empty sequence ([`ParamsError::EmptyTokenSet`]) or an id outside the vocabulary
+/// ([`ParamsError::TokenOutOfVocab`]).
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use candle_core::{Device, Tensor};
+/// use logits_processors::*;
+///
+/// let config = ProcessorConfig::builder().max_batch_size(1).vocab_size(4).build()?;
+/// let mut bad = BadWords::new(&config)?;
+/// let out = OutputTokens::new();
+/// let mut b = BatchUpdateBuilder::new();
+/// b.add(0, Arc::new(RequestParams::new().with_bad_words([vec![1, 2], vec![3]])))
+///     .with_output_tokens(out.clone());
+/// bad.update_state(b.build(1))?;
+/// let neg = f32::NEG_INFINITY;
+/// let logits = Tensor::new(&[[0f32, 0., 0., 0.]], &Device::Cpu)?;
+/// bad.apply(&logits)?;
+/// assert_eq!(logits.to_vec2::<f32>()?, [[0., 0., 0., neg]]); // 3 always banned
+///
+/// out.push(1); // "1" was generated: "2" would complete [1, 2]
+/// bad.update_state(None)?;
+/// let logits = Tensor::new(&[[0f32, 0., 0., 0.]], &Device::Cpu)?;
+/// bad.apply(&logits)?;
+/// assert_eq!(logits.to_vec2::<f32>()?, [[0., 0., neg, neg]]);
+/// # Ok::<(), logits_processors::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct BadWords {
+    config: ProcessorConfig,
+    ledger: RowLedger<Row>,
+    table: RowTable,
+    scratch: Vec<u32>,
+    /// Rows touched by the current update (reused).
+    marks: Vec<bool>,
+    /// In a pipeline: output changes come from the pipeline.
+    fed: bool,
+}
+
+#[derive(Debug)]
+struct Row {
+    /// One-token sequences: always banned.
+    singles: Vec<u32>,
+    /// Longer sequences.
+    words: Vec<Vec<u32>>,
+    /// The request's output (standalone only).
+    cursor: Option<OutputCursor>,
+    /// The output as of this step, when the request has longer sequences.
+    output: Vec<u32>,
+    /// The banned set written to the table (sorted).
+    banned: Vec<u32>,
+}
+
+impl BadWords {
+    /// A BadWords for `config`.
+    ///
+    /// # Errors
+    ///
+    /// A device error while allocating.
+    pub fn new(config: &ProcessorConfig) -> Result<Self> {
+        Ok(Self {
+            config: config.clone(),
+            ledger: RowLedger::new(config.max_batch_size()),
+            table: RowTable::new(config.max_batch_size(), 1 + 4, 0, config.device())?,
+            scratch: Vec::new(),
+            marks: vec![false; config.max_batch_size()],
+            fed: false,
+        })
+    }
+
+    /// The current batch size.
+    pub fn batch_size(&self) -> usize {
+        self.ledger.batch_size()
+    }
+}
+
+fn check(config: &ProcessorConfig, params: &RequestParams) -> Result<()> {
+    for w in &params.bad_words_token_ids {
+        if w.is_empty() {
+            return Err(ParamsError::EmptyTokenSet { param: PARAM }.into());
+        }
+        for &t in w {
+            config.check_token(PARAM, t)?;
+        }
+    }
+    Ok(())
+}
+
+/// The banned set of a row (sorted, distinct) for its `output`, into `out`; whether a longer
+/// sequence matched.
+fn banned(singles: &[u32], words: &[Vec<u32>], output: &[u32], out: &mut Vec<u32>) -> bool {
+    out.clear();
+    out.extend_from_slice(singles);
+    let mut matched = false;
+    for w in words {
+        let prefix = &w[..w.len() - 1];
+        if output.ends_with(prefix) {
+            out.push(w[w.len() - 1]);
+            matched = true;
+        }
+    }
+    if matched {
+        out.sort_unstable();
+        out.dedup();
+    }
+    matched
+}
+
+impl LogitsProcessor for BadWords {
+    fn name(&self) -> &'static str {
+        "BadWords"
+    }
+
+    fn validate_params(&self, params: &RequestParams) -> Result<()> {
+        check(&self.config, params)
+    }
+
+    fn update_state(&mut self, update: Option<&BatchUpdate>) -> Result<()> {
+        self.update(update, None)
+    }
+
+    apply_alone!();
+
+    fn is_argmax_invariant(&self) -> bool {
+        false
+    }
+}
+
+impl BadWords {
+    fn update(&mut self, update: Option<&BatchUpdate>, fed: Option<&StepOutputs>) -> Result<()> {
+        let (config, own) = (&self.config, !self.fed);
+        self.ledger.apply(update, |a| {
+            check(config, &a.params)?;
+            let all = &a.params.bad_words_token_ids;
+            if all.is_empty() {
+                return Ok(None);
+            }
+            let singles: Vec<u32> = all.iter().filter(|w| w.len() == 1).map(|w| w[0]).collect();
+            let words: Vec<Vec<u32>> = all.iter().filter(|w| w.len() > 1).cloned().collect();
+            Ok(Some(Row {
+                singles: sorted_set(&singles),
+                cursor: (own && !words.is_empty()).then(|| a.output_token_ids.cursor()),
+                words,
+                output: Vec::new(),
+                banned: Vec::new(),
+            }))
+        })?;
+        for &row in self.ledger.touched() {
+            self.marks[row] = true;
+        }
+        let (table, scratch, marks) = (&mut self.table, &mut self.scratch, &mut self.marks);
+        let mut result = Ok(());
+        for (row, state) in self.ledger.rows_mut() {
+            let touched = std::mem::take(&mut marks[row]);
+            let Some(r) = state else {
+                if touched {
+                    result = result.and(write_list(table, row, 1, &[]));
+                }
+                continue;
+            };
+            let mut changed = 0;
+            if !r.words.is_empty() {
+                let output = &mut r.output;
+                changed = for_changes(fed, row, r.cursor.as_mut(), |c| match c {
+                    OutputChange::Appended(t) => output.push(t),
+                    OutputChange::Removed(_) => {
+                        output.pop();
+                    }
+                });
+            }
+            if !touched && changed == 0 {
+                continue;
+            }
+            let matched = banned(&r.singles, &r.words, &r.output, scratch);
+            if !touched && !matched && r.banned.len() == r.singles.len() {
+                continue; // still just the one-token sequences
+            }
+            if touched || *scratch != r.banned {
+                std::mem::swap(scratch, &mut r.banned);
+                result = result.and(write_list(table, row, 1, &r.banned));
+            }
+        }
+        // Rows past the batch that an update emptied.
+        for &row in self.ledger.touched() {
+            if std::mem::take(&mut self.marks[row]) {
+                write_list(&mut self.table, row, 1, &[])?;
+            }
+        }
+        result?;
+        Ok(self.table.sync()?)
+    }
+}
+
+impl Builtin for BadWords {
+    builtin_basics!();
+
+    fn follows_outputs(&self) -> bool {
+        true
+    }
+
+    fn set_fed(&mut self) {
+        self.fed = true;
+    }
+
+    fn update_fed(&mut self, update: Option<&BatchUpdate>, outputs: &StepOutputs) -> Result<()> {
+        self.update(update, Some(outputs))
+    }
+
+    fn part(&self) -> Option<Part<'_>> {
+        Some(Part::Bans(0, &self.table))
+    }
+}
