@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::files::write_atomically;
 use crate::inputs::Entry;
-use crate::metrics::log_loss;
+use crate::metrics::{accuracy, log_loss};
 
 /// Folds of the cross-validation.
 pub const FOLDS: usize = 5;
@@ -86,8 +86,10 @@ pub struct Fit {
     pub folds: usize,
     /// Log loss of the judge's own probabilities.
     pub raw_log_loss: f64,
-    /// Cross-validated log loss of each candidate (features, log loss).
-    pub cv_log_loss: Vec<(Features, f64)>,
+    /// Cross-validated log loss and accuracy of each candidate (features, log loss, accuracy).
+    pub cv: Vec<(Features, f64, f64)>,
+    /// Accuracy of the judge's own probabilities.
+    pub raw_accuracy: f64,
     /// Log loss of uniform predictions (ln 3).
     pub uniform_log_loss: f64,
     /// What the probabilities came from (model, `--swap`, …), for the record.
@@ -206,8 +208,8 @@ fn softmax(z: [f64; 3]) -> [f64; 3] {
     e.map(|v| v / sum)
 }
 
-/// The mean held-out log loss of fitting `features` on `k - 1` folds and scoring the left-out
-/// one, over all `k` folds (row `i` is in fold `i mod k`).
+/// The mean held-out log loss and accuracy of fitting `features` on `k - 1` folds and scoring
+/// the left-out one, over all `k` folds (row `i` is in fold `i mod k`).
 ///
 /// # Errors
 /// Fewer rows than folds.
@@ -216,13 +218,13 @@ pub fn cross_validate(
     samples: &[Sample],
     labels: &[usize],
     k: usize,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     ensure!(
         samples.len() >= k,
         "cross-validation needs at least {k} labelled rows, got {}",
         samples.len()
     );
-    let mut total = 0.0;
+    let (mut total, mut hits) = (0.0, 0.0);
     for fold in 0..k {
         let (mut train_s, mut train_l, mut test_s, mut test_l) = (vec![], vec![], vec![], vec![]);
         for (i, (s, &l)) in samples.iter().zip(labels).enumerate() {
@@ -237,8 +239,10 @@ pub fn cross_validate(
         let c = Calibration::fit(features, &train_s, &train_l);
         let probs: Vec<[f64; 3]> = test_s.iter().map(|s| c.apply(s)).collect();
         total += log_loss(&probs, &test_l)? * test_s.len() as f64;
+        hits += accuracy(&probs, &test_l)? * test_s.len() as f64;
     }
-    Ok(total / samples.len() as f64)
+    let n = samples.len() as f64;
+    Ok((total / n, hits / n))
 }
 
 /// Fits the calibration `--calibrate` writes: cross-validates the model alone and the model
@@ -251,6 +255,7 @@ pub fn cross_validate(
 pub fn fit_with_cv(samples: &[Sample], labels: &[usize], source: String) -> Result<Fit> {
     let raw: Vec<[f64; 3]> = samples.iter().map(|s| s.probs).collect();
     let raw_log_loss = log_loss(&raw, labels)?;
+    let raw_accuracy = accuracy(&raw, labels)?;
     let uniform_log_loss = 3f64.ln();
     let mut cv = Vec::new();
     for f in [
@@ -258,11 +263,12 @@ pub fn fit_with_cv(samples: &[Sample], labels: &[usize], source: String) -> Resu
         Features::ModelAndLength,
         Features::LengthOnly,
     ] {
-        cv.push((f, cross_validate(f, samples, labels, FOLDS)?));
+        let (loss, acc) = cross_validate(f, samples, labels, FOLDS)?;
+        cv.push((f, loss, acc));
     }
     let best = cv
         .iter()
-        .filter(|(f, _)| *f != Features::LengthOnly)
+        .filter(|(f, _, _)| *f != Features::LengthOnly)
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .expect("two candidates");
     let calibration = if best.1 < uniform_log_loss {
@@ -275,7 +281,8 @@ pub fn fit_with_cv(samples: &[Sample], labels: &[usize], source: String) -> Resu
         rows: samples.len(),
         folds: FOLDS,
         raw_log_loss,
-        cv_log_loss: cv,
+        raw_accuracy,
+        cv,
         uniform_log_loss,
         source,
     })

@@ -146,9 +146,15 @@ impl Summary {
                 fit.rows,
                 fit.folds
             );
-            println!("    {:<22} {:.6}", "raw", fit.raw_log_loss);
-            for (features, loss) in &fit.cv_log_loss {
-                println!("    {:<22} {loss:.6}", format!("{features:?}"));
+            println!(
+                "    {:<22} {:.6}, accuracy {:.4}",
+                "raw", fit.raw_log_loss, fit.raw_accuracy
+            );
+            for (features, loss, acc) in &fit.cv {
+                println!(
+                    "    {:<22} {loss:.6}, accuracy {acc:.4}",
+                    format!("{features:?}")
+                );
             }
             println!("    {:<22} {:.6}", "uniform", fit.uniform_log_loss);
             println!("    written: {:?}", fit.calibration);

@@ -695,9 +695,9 @@ fn swap_judges_both_orders_and_calibration_round_trips() {
     let written = crate::calibration::load(&fit).unwrap();
     assert_eq!(written.calibration, report.calibration);
     let best = report
-        .cv_log_loss
+        .cv
         .iter()
-        .filter(|(f, _)| *f != crate::calibration::Features::LengthOnly)
+        .filter(|(f, _, _)| *f != crate::calibration::Features::LengthOnly)
         .map(|c| c.1)
         .fold(f64::INFINITY, f64::min);
     if best >= report.uniform_log_loss {
