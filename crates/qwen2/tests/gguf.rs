@@ -194,3 +194,138 @@ fn other_architectures_and_other_files_fail_clearly() {
     );
     assert!(err.contains("qwen2.embedding_length"), "{err}");
 }
+
+/// The GGUF name of a Hugging Face Qwen2 tensor name (llama.cpp's convention), for writing test
+/// files.
+fn gguf_name(hf: &str) -> String {
+    let map = [
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+        ("lm_head.weight", "output.weight"),
+    ];
+    if let Some((_, g)) = map.iter().find(|(h, _)| *h == hf) {
+        return g.to_string();
+    }
+    let rest = hf.strip_prefix("model.layers.").unwrap();
+    let (layer, rest) = rest.split_once('.').unwrap();
+    let (module, suffix) = rest.rsplit_once('.').unwrap();
+    let module = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        other => panic!("{other}"),
+    };
+    format!("blk.{layer}.{module}.{suffix}")
+}
+
+/// The tiny dense checkpoint as a qwen2 GGUF: linear layers as `kind`, everything else F32.
+fn tiny_gguf(dir: &Path, kind: GgmlDType) -> (PathBuf, PathBuf) {
+    use qwen2_prefill::synthetic::{write_checkpoint, Preset};
+    let hf = dir.join("hf");
+    let preset = Preset::tiny_dense();
+    if !hf.is_dir() {
+        write_checkpoint(&hf, &preset, 3).unwrap();
+    }
+    let tensors =
+        candle_core::safetensors::load(hf.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut q = Vec::new();
+    for (name, t) in &tensors {
+        let t = t.to_dtype(DType::F32).unwrap();
+        let is_linear = name.ends_with("proj.weight");
+        let kind = if is_linear { kind } else { GgmlDType::F32 };
+        q.push((gguf_name(name), QTensor::quantize(&t, kind).unwrap()));
+    }
+    use gguf_file::Value as V;
+    let meta: Vec<(&str, V)> = vec![
+        ("general.architecture", V::String("qwen2".into())),
+        ("qwen2.block_count", V::U32(preset.num_hidden_layers as u32)),
+        (
+            "qwen2.context_length",
+            V::U32(preset.max_position_embeddings as u32),
+        ),
+        ("qwen2.embedding_length", V::U32(preset.hidden_size as u32)),
+        (
+            "qwen2.feed_forward_length",
+            V::U32(preset.intermediate_size as u32),
+        ),
+        (
+            "qwen2.attention.head_count",
+            V::U32(preset.num_attention_heads as u32),
+        ),
+        (
+            "qwen2.attention.head_count_kv",
+            V::U32(preset.num_key_value_heads as u32),
+        ),
+        ("qwen2.rope.freq_base", V::F32(preset.rope_theta as f32)),
+        (
+            "qwen2.attention.layer_norm_rms_epsilon",
+            V::F32(preset.rms_norm_eps as f32),
+        ),
+    ];
+    let path = dir.join(format!("tiny-{kind:?}.gguf"));
+    let mut f = std::fs::File::create(&path).unwrap();
+    gguf_file::write(
+        &mut f,
+        &meta.iter().map(|(k, v)| (*k, v)).collect::<Vec<_>>(),
+        &q.iter().map(|(k, t)| (k.as_str(), t)).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    (path, hf)
+}
+
+#[test]
+fn gguf_quantized_and_dequantized_paths_agree_with_the_dense_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<Vec<u32>> = vec![(0..37).map(|i| i * 97 % 4096).collect(), vec![5, 9, 11]];
+    let refs: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
+    let logits = |m: &Qwen2| m.last_logits(&refs).unwrap().to_vec2::<f32>().unwrap();
+    let diff = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+        a.iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    // F16 linear layers hold the checkpoint's own f16 weights: the same logits as the directory.
+    let (f16_gguf, hf) = tiny_gguf(dir.path(), GgmlDType::F16);
+    let dense = logits(&Qwen2::load(&hf, &Device::Cpu, DType::F32).unwrap());
+    let same = logits(&Qwen2::load(&f16_gguf, &Device::Cpu, DType::F32).unwrap());
+    let d0 = diff(&dense, &same);
+    assert!(d0 < 1e-4, "an F16 GGUF of the same weights differs by {d0}");
+    // Q8_0 linear layers, dequantized at load or multiplied by candle's QMatMul: close to the
+    // dense model relative to the spread of its logits (a wrong layout would be off by the
+    // whole spread).
+    let (q8_gguf, _) = tiny_gguf(dir.path(), GgmlDType::Q8_0);
+    let deq = logits(
+        &Qwen2::load_with(&q8_gguf, &Device::Cpu, DType::F32, GgufLinears::Dequantize).unwrap(),
+    );
+    let quant = logits(
+        &Qwen2::load_with(&q8_gguf, &Device::Cpu, DType::F32, GgufLinears::Quantized).unwrap(),
+    );
+    let (lo, hi) = dense
+        .iter()
+        .flatten()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    let spread = hi - lo;
+    let (d1, d2) = (diff(&dense, &deq), diff(&deq, &quant));
+    eprintln!(
+        "tiny GGUF: F16 {d0:e}; Q8_0 dequantized {d1:e}, QMatMul {d2:e} (logit spread {spread})"
+    );
+    assert!(
+        d1 < 0.05 * spread,
+        "Q8_0 weights moved logits by {d1} of {spread}"
+    );
+    assert!(
+        d2 < 0.05 * spread,
+        "the quantized matmul moved logits by {d2} of {spread}"
+    );
+    assert!(d2 > 0.0, "the quantized path really ran");
+}
