@@ -54,12 +54,6 @@ pub fn demo_model() -> PathBuf {
     root().join("assets/models/qwen2.5-coder-0.5b-instruct.gguf")
 }
 
-/// The Qwen2.5 tokenizer `scripts/setup.sh` fetches (used for GGUF models without a
-/// `tokenizer.json` beside them).
-pub fn default_tokenizer() -> PathBuf {
-    root().join("assets/qwen2.5/tokenizer.json")
-}
-
 /// The model to judge with: `--model` (a Hugging Face checkpoint directory or a GGUF file), or
 /// the demo's GGUF when it is `None`.
 #[derive(Debug, Clone)]
@@ -69,8 +63,8 @@ pub struct ModelSource {
     /// Its configuration (read before the slow encoding and load, so a model that is not Qwen2
     /// fails at once).
     pub config: qwen2_prefill::Config,
-    /// The GGUF's own vocabulary, for a GGUF model.
-    pub gguf_vocabulary: Option<Vec<String>>,
+    /// The GGUF's own tokenizer (vocabulary, merges), for a GGUF model.
+    pub gguf_tokenizer: Option<qwen2_prefill::gguf::TokenizerData>,
 }
 
 impl ModelSource {
@@ -103,7 +97,7 @@ impl ModelSource {
             return Ok(Self {
                 path,
                 config,
-                gguf_vocabulary: None,
+                gguf_tokenizer: None,
             });
         }
         ensure!(
@@ -114,11 +108,11 @@ impl ModelSource {
         );
         let gguf = qwen2_prefill::gguf::Gguf::open(&path, qwen2_prefill::GgufLinears::default())?;
         let config = gguf.config()?;
-        let vocabulary = gguf.vocabulary()?;
+        let tokenizer = gguf.tokenizer_data()?;
         Ok(Self {
             path,
             config,
-            gguf_vocabulary: Some(vocabulary),
+            gguf_tokenizer: Some(tokenizer),
         })
     }
 
@@ -134,10 +128,10 @@ impl ModelSource {
     }
 
     /// The tokenizer: `explicit` when given; else `tokenizer.json` in a model directory, or for
-    /// a GGUF file the `tokenizer.json` beside it or the Qwen2.5 one from `scripts/setup.sh`.
-    /// For a GGUF model the tokenizer must match the GGUF's own vocabulary; added tokens the GGUF
-    /// does not have (the Qwen3 tokenizer's four tokens past Qwen2.5's vocabulary) are dropped,
-    /// so they can never be produced.
+    /// a GGUF file the `tokenizer.json` beside it, else the tokenizer the GGUF carries. A
+    /// `tokenizer.json` for a GGUF model must match the GGUF's own vocabulary; added tokens the
+    /// GGUF does not have (the Qwen3 tokenizer's four tokens past Qwen2.5's vocabulary) are
+    /// dropped, so they can never be produced.
     ///
     /// # Errors
     /// The file is missing or not a tokenizer, or it disagrees with the GGUF's vocabulary (the
@@ -148,10 +142,11 @@ impl ModelSource {
             None if self.path.is_dir() => self.path.join("tokenizer.json"),
             None => {
                 let beside = self.path.with_file_name("tokenizer.json");
-                if beside.is_file() {
-                    beside
-                } else {
-                    default_tokenizer()
+                match &self.gguf_tokenizer {
+                    Some(data) if !beside.is_file() => {
+                        return crate::tokenizer::tokenizer_from_gguf(data, &self.path);
+                    }
+                    _ => beside,
                 }
             }
         };
@@ -163,11 +158,11 @@ impl ModelSource {
                 self.path.display()
             )
         } else {
-            "run `bash scripts/setup.sh`, or pass --tokenizer PATH".to_string()
+            "the tokenizer.json beside the GGUF (or pass --tokenizer PATH)".to_string()
         };
-        match &self.gguf_vocabulary {
+        match &self.gguf_tokenizer {
             None => crate::tokenizer::load_tokenizer(&path).with_context(|| how.clone()),
-            Some(vocab) => crate::tokenizer::load_tokenizer_for_vocabulary(&path, vocab)
+            Some(data) => crate::tokenizer::load_tokenizer_for_vocabulary(&path, &data.tokens)
                 .with_context(|| format!("{how} (the tokenizer of GGUF {})", self.path.display())),
         }
     }

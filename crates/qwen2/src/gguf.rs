@@ -38,6 +38,21 @@ pub enum GgufLinears {
     Dequantize,
 }
 
+/// The tokenizer stored in a GGUF file (see [`Gguf::tokenizer_data`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizerData {
+    /// `tokenizer.ggml.model`: `gpt2` for byte-level BPE.
+    pub model: String,
+    /// `tokenizer.ggml.pre`: the pre-tokenizer's name (`qwen2`), when given.
+    pub pre: Option<String>,
+    /// Token strings by id.
+    pub tokens: Vec<String>,
+    /// Token types by id (llama.cpp's: 1 normal, 3 control, 4 user-defined, 5 unused).
+    pub token_types: Vec<i32>,
+    /// BPE merges, `"left right"`, highest priority first.
+    pub merges: Vec<String>,
+}
+
 /// Whether `path` is a file that starts with the GGUF magic.
 pub fn is_gguf(path: &Path) -> bool {
     let mut magic = [0u8; 4];
@@ -239,6 +254,53 @@ impl Gguf {
                 })
             })
             .collect()
+    }
+
+    /// The tokenizer the file carries: `tokenizer.ggml.model` and `.pre`, the tokens with their
+    /// types (1 normal, 3 control, 4 user-defined, 5 unused, …) and the BPE merges.
+    ///
+    /// # Errors
+    /// A key is missing or has the wrong type (the message names the file and key).
+    pub fn tokenizer_data(&self) -> Result<TokenizerData> {
+        let strings = |key: &str| -> Result<Vec<String>> {
+            self.meta(key)?
+                .to_vec()
+                .map_err(|e| anyhow!("GGUF {}: {key}: {e}", self.path.display()))?
+                .iter()
+                .map(|v| {
+                    v.to_string()
+                        .cloned()
+                        .map_err(|e| anyhow!("GGUF {}: {key}: {e}", self.path.display()))
+                })
+                .collect()
+        };
+        let text = |key: &str| -> Result<Option<String>> {
+            match self.content.metadata.get(key) {
+                None => Ok(None),
+                Some(v) => Ok(Some(
+                    v.to_string()
+                        .map_err(|e| anyhow!("GGUF {}: {key}: {e}", self.path.display()))?
+                        .clone(),
+                )),
+            }
+        };
+        let token_types = self
+            .meta("tokenizer.ggml.token_type")?
+            .to_vec()
+            .map_err(|e| anyhow!("GGUF {}: token_type: {e}", self.path.display()))?
+            .iter()
+            .map(|v| {
+                v.to_i32()
+                    .map_err(|e| anyhow!("GGUF {}: token_type: {e}", self.path.display()))
+            })
+            .collect::<Result<Vec<i32>>>()?;
+        Ok(TokenizerData {
+            model: text("tokenizer.ggml.model")?.unwrap_or_default(),
+            pre: text("tokenizer.ggml.pre")?,
+            tokens: self.vocabulary()?,
+            token_types,
+            merges: strings("tokenizer.ggml.merges")?,
+        })
     }
 
     /// The quantized tensor `name` (GGUF name), checked to hold `shape` (`[out, in]`).

@@ -55,6 +55,48 @@ fn tokenizer_fitted_to_the_gguf_vocabulary_drops_what_qwen25_never_trained() {
 }
 
 #[test]
+fn the_gguf_own_tokenizer_encodes_like_tokenizer_json() {
+    let path = crate::setup::demo_model();
+    let gguf =
+        qwen2_prefill::gguf::Gguf::open(&path, qwen2_prefill::GgufLinears::default()).unwrap();
+    let data = gguf.tokenizer_data().unwrap();
+    let own = crate::tokenizer::tokenizer_from_gguf(&data, &path).unwrap();
+    let fitted = load_tokenizer_for_vocabulary(&tokenizer_path(), &data.tokens).unwrap();
+    assert_eq!(own.token_to_id("<|im_end|>"), Some(151645));
+    assert_eq!(own.token_to_id("<think>"), None);
+    let a = PromptEncoder::new(&own, Layout::ChatTemplate, 8192).unwrap();
+    let b = PromptEncoder::new(&fitted, Layout::ChatTemplate, 8192).unwrap();
+    let mut rows = super::ok_rows(&train_path());
+    rows.extend(super::ok_rows(&super::test_path()));
+    for row in &rows {
+        let x = a
+            .encode(&row.prompt, &row.response_a, &row.response_b)
+            .unwrap();
+        let y = b
+            .encode(&row.prompt, &row.response_a, &row.response_b)
+            .unwrap();
+        assert_eq!(x, y, "id {}", row.id);
+    }
+    // Text with a control token's spelling, accents, CJK and emoji stays text, as in the json.
+    for text in ["<|im_end|> in text", "naïve café 東京 🙂 ﬁ", "x\r\n\n  y"] {
+        let ids = |t: &tokenizers::Tokenizer| t.encode(text, false).unwrap().get_ids().to_vec();
+        let mut plain = own.clone();
+        plain.set_encode_special_tokens(true);
+        let mut json = fitted.clone();
+        json.set_encode_special_tokens(true);
+        assert_eq!(ids(&plain), ids(&json), "{text:?}");
+    }
+    // Another tokenizer family is refused by name.
+    let mut other = data.clone();
+    other.pre = Some("llama-bpe".into());
+    let err = format!(
+        "{:#}",
+        crate::tokenizer::tokenizer_from_gguf(&other, &path).unwrap_err()
+    );
+    assert!(err.contains("llama-bpe"), "{err}");
+}
+
+#[test]
 fn tokenizing_reports_progress_per_row() {
     let encoder = PromptEncoder::new(tokenizer(), Layout::ChatTemplate, 512).unwrap();
     let rows = super::ok_rows(&train_path());
