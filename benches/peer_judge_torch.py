@@ -13,8 +13,10 @@ Usage:
                               [--compare submission.csv] [--choices 32,33,48731] [--passes 2]
 
 Prints, per pass (the first one includes PyTorch's first-use costs): seconds, real and padded
-tokens, real tokens/s, and peak memory (torch's allocated and reserved); with --compare, the max
-|p_ours - p_peer| over all rows and classes and how many rows' top choice agree.
+tokens, real tokens/s, and peak memory (torch's allocated and reserved); the GPU memory in use on
+the device (as `crates/qwen2/benches/judge_batches.rs` prints it) before loading, after loading
+and after the passes; with --compare, the max |p_ours - p_peer| over all rows and classes and
+how many rows' top choice agree. Probabilities are read back at the end of each pass.
 """
 
 import argparse
@@ -97,6 +99,7 @@ def read_batches(path):
 
 def run_pass(model, batches, choices):
     probs = {}
+    pending = []
     real = padded = 0
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -112,11 +115,13 @@ def run_pass(model, batches, choices):
             last = torch.tensor([len(t) - 1 for _, t in rows], device="cuda")
             h = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
             logits = model.lm_head(h[torch.arange(n, device="cuda"), last]).float()
-            p = torch.softmax(logits[:, choices], dim=-1).double().cpu()
-            for (rid, _), row in zip(rows, p.tolist()):
-                probs[rid] = row
+            # Read back after the pass (as the Rust bench does): no synchronisation per batch.
+            pending.append((rows, torch.softmax(logits[:, choices], dim=-1)))
             real += sum(len(t) for _, t in rows)
             padded += n * longest
+        for rows, p in pending:
+            for (rid, _), row in zip(rows, p.double().cpu().tolist()):
+                probs[rid] = row
     torch.cuda.synchronize()
     return time.perf_counter() - t0, real, padded, probs
 
@@ -133,8 +138,12 @@ def main():
     a = ap.parse_args()
     dtype = torch.float16 if a.dtype == "f16" else torch.bfloat16
     choices = torch.tensor([int(c) for c in a.choices.split(",")], device="cuda")
+    used = lambda: (lambda f, t: (t - f) / 2**20)(*torch.cuda.mem_get_info())
+    torch.cuda.init()
+    before = used()
     t = time.perf_counter()
     model = build_model(a.checkpoint, dtype)
+    loaded = used()
     batches = read_batches(a.prompts)
     print(f"peer: torch {torch.__version__}, transformers SDPA, {a.dtype}, {torch.cuda.get_device_name()}; "
           f"{sum(len(b) for b in batches)} rows in {len(batches)} batches; model built in {time.perf_counter() - t:.1f} s", flush=True)
@@ -145,6 +154,8 @@ def main():
               f"{real} real tokens ({padded} padded), {real / secs:,.0f} real tokens/s, "
               f"peak allocated {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, "
               f"peak reserved {torch.cuda.max_memory_reserved() / 2**30:.2f} GiB", flush=True)
+    print(f"peer {a.dtype} GPU memory in use on the device (torch.cuda.mem_get_info): {before:.0f} MiB before loading, "
+          f"{loaded:.0f} MiB loaded, {used():.0f} MiB after the passes", flush=True)
     if a.out:
         with open(a.out, "w", newline="") as f:
             w = csv.writer(f)

@@ -37,12 +37,14 @@ pub(crate) struct Mat {
 }
 
 /// `y[m, n] = x[m, k] · w[n, k]ᵀ` (a linear layer without bias; `w` in candle's `[out, in]`
-/// layout, contiguous), queued on the handle's stream.
+/// layout, contiguous), or with `accumulate` `y += x · wᵀ` (the residual add done by the
+/// product's epilogue: `y + acc` in f32, rounded once), queued on the handle's stream.
 ///
 /// # Safety
 /// Every address must point to device memory holding the whole operand (`m` rows of `x` and `y`
 /// at their leading dimensions, `n × k` of `w`) for as long as the stream runs the product, and
 /// `y` must not overlap `x` or `w`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn linear(
     blas: &CudaBlas,
     m: usize,
@@ -51,11 +53,12 @@ pub(crate) unsafe fn linear(
     x: Mat,
     w: Mat,
     y: Mat,
+    accumulate: bool,
 ) -> Result<()> {
     if m == 0 {
         return Ok(());
     }
-    let (alpha, beta) = (1.0f32, 0.0f32);
+    let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
     let int = |v: usize| i32::try_from(v).context("matrix dimension over i32");
     // Column-major view: yᵀ[n, m] = w[k, n]ᵀ · xᵀ[k, m].
     result::gemm_ex(

@@ -5,7 +5,7 @@
 //! | kernel | file | one launch does |
 //! | --- | --- | --- |
 //! | `embed_rows` | `silu_mul.cu` | gathers the token embeddings |
-//! | `add_rms_norm_*` | `rms_norm.cu` | residual add + RMSNorm (optionally on gathered rows) |
+//! | `rms_norm_*` | `rms_norm.cu` | RMSNorm (optionally of gathered rows) |
 //! | `bias_rope_*` | `rope.cu` | q/k/v bias + RoPE on q and k, in place |
 //! | `flash_attn_*_hd{64,128}` | `flash_attn.cu` | causal GQA attention over packed rows |
 //! | `silu_mul_*` | `silu_mul.cu` | `silu(gate) · up`, in place |
@@ -33,7 +33,7 @@ const SOURCE: &str = concat!(
 /// Threads per block of each kernel (their `__launch_bounds__`).
 const FLASH_THREADS: u32 = 128;
 const NORM_THREADS: u32 = 256;
-const ROPE_THREADS: u32 = 256;
+const ROPE_THREADS: u32 = 128;
 const SILU_THREADS: u32 = 256;
 /// Queries (and keys) per attention tile (`FA_TILE`).
 pub(crate) const ATTN_TILE: usize = 64;
@@ -127,7 +127,7 @@ impl Kernels {
             .w()? as u32;
         Ok(Self {
             embed: load("embed_rows".into())?,
-            norm: load(format!("add_rms_norm_{t}"))?,
+            norm: load(format!("rms_norm_{t}"))?,
             rope: load(format!("bias_rope_{t}"))?,
             attn: load(format!("flash_attn_{t}_hd{head_dim}"))?,
             silu: load(format!("silu_mul_{t}"))?,
@@ -149,17 +149,16 @@ impl Kernels {
         Ok(())
     }
 
-    /// Residual add + RMSNorm over `rows` rows (see `rms_norm.cu`): `delta == 0` skips the add,
-    /// `gather != 0` reads rows `gather[r]` of `x` and `delta` and leaves `x` unwritten.
+    /// RMSNorm of `rows` rows (see `rms_norm.cu`): `h[r] = w · norm(x[r])`, or of rows
+    /// `gather[r]` of `x` when `gather != 0`.
     ///
     /// # Safety
     /// The addresses hold the rows they are read or written at (`hidden` values each, `hidden %
-    /// 8 == 0`, 16-byte aligned).
+    /// 8 == 0`, 16-byte aligned) and `gather`, if set, `rows` row indices of `x`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn add_rms_norm(
+    pub(crate) unsafe fn rms_norm(
         &self,
         x: u64,
-        delta: u64,
         weight: u64,
         h: u64,
         gather: u64,
@@ -169,7 +168,7 @@ impl Kernels {
     ) -> Result<()> {
         let hidden = hidden as u32;
         let mut b = self.stream.launch_builder(&self.norm);
-        b.arg(&x).arg(&delta).arg(&weight).arg(&h).arg(&gather).arg(&hidden).arg(&eps);
+        b.arg(&x).arg(&weight).arg(&h).arg(&gather).arg(&hidden).arg(&eps);
         b.launch(grid1(rows, NORM_THREADS)).w()?;
         Ok(())
     }

@@ -8,16 +8,18 @@
 //!   every kernel works on real tokens only.
 //! - **Attention without stored scores** (`flash_attn.cu`): tensor cores, online softmax, causal,
 //!   grouped-query heads read in place from the q/k/v projection's output.
-//! - **One pass per element-wise step**: residual add + RMSNorm, bias + RoPE, SiLU · up (each a
-//!   kernel of its own `.cu` file); no `.contiguous()` copies, no casts.
+//! - **One pass per element-wise step**: RMSNorm, bias + RoPE, SiLU · up (each a kernel of its own
+//!   `.cu` file); the residual adds are the epilogues of the o_proj and down_proj products
+//!   (`β = 1` into the residual stream); no `.contiguous()` copies, no casts.
 //! - **Fewer, larger products**: q/k/v as one GEMM and gate/up as one (weights stacked at load);
 //!   the MLP runs over the tokens in chunks of [`MLP_CHUNK`], bounding its buffer.
 //! - **Buffers sized once** ([`Workspace`]), grown only for a batch larger than any before; one
 //!   host-to-device copy of the batch's metadata per forward, no host synchronisation.
 //!
 //! Rounding follows Hugging Face's module by module (each op's result stored in the model dtype),
-//! except inside attention, which, like PyTorch's flash kernels, keeps scores in f32 and rounds
-//! only the probabilities fed to the second product.
+//! except where a fusion removes a store: the residual adds round `x + acc` once (Hugging Face
+//! rounds the product, then the sum), and attention, like PyTorch's flash kernels, keeps scores in
+//! f32 and rounds only the probabilities fed to the second product.
 
 mod gemm;
 mod kernels;
@@ -260,26 +262,27 @@ impl Fused {
         // so each reads what the previous one wrote.
         unsafe {
             k.embed(self.embed.ptr, p.ids, p.x, t, hidden)?;
-            for (l, layer) in self.layers.iter().enumerate() {
-                let delta = if l == 0 { 0 } else { p.d };
-                k.add_rms_norm(p.x, delta, layer.input_norm.ptr, p.h, 0, t, hidden, s.eps)?;
-                gemm::linear(&blas, t, qkv_width, hidden, mat(p.h, hidden), mat(layer.qkv.ptr, hidden), mat(p.big, qkv_width))?;
+            for layer in &self.layers {
+                k.rms_norm(p.x, layer.input_norm.ptr, p.h, 0, t, hidden, s.eps)?;
+                gemm::linear(&blas, t, qkv_width, hidden, mat(p.h, hidden), mat(layer.qkv.ptr, hidden), mat(p.big, qkv_width), false)?;
                 k.bias_rope(p.big, layer.qkv_bias.ptr, self.cos.ptr, self.sin.ptr, p.pos, t, qkv_width, s.heads + 2 * s.kv_heads, s.heads + s.kv_heads, hd)?;
                 k.attention(p.big, p.h, p.tiles, p.cu, meta.tiles, s.heads, s.kv_heads, hd, qkv_width, attn_width)?;
-                gemm::linear(&blas, t, hidden, attn_width, mat(p.h, attn_width), mat(layer.o.ptr, attn_width), mat(p.d, hidden))?;
-                k.add_rms_norm(p.x, p.d, layer.post_attention_norm.ptr, p.h, 0, t, hidden, s.eps)?;
+                // x += o_proj(attention): the residual add is the product's epilogue.
+                gemm::linear(&blas, t, hidden, attn_width, mat(p.h, attn_width), mat(layer.o.ptr, attn_width), mat(p.x, hidden), true)?;
+                k.rms_norm(p.x, layer.post_attention_norm.ptr, p.h, 0, t, hidden, s.eps)?;
                 let mut c0 = 0;
                 while c0 < t {
                     let c = MLP_CHUNK.min(t - c0);
                     let h_c = p.h + (c0 * hidden * 2) as u64;
-                    let d_c = p.d + (c0 * hidden * 2) as u64;
-                    gemm::linear(&blas, c, 2 * inter, hidden, mat(h_c, hidden), mat(layer.gate_up.ptr, hidden), mat(p.big, 2 * inter))?;
+                    let x_c = p.x + (c0 * hidden * 2) as u64;
+                    gemm::linear(&blas, c, 2 * inter, hidden, mat(h_c, hidden), mat(layer.gate_up.ptr, hidden), mat(p.big, 2 * inter), false)?;
                     k.silu_mul(p.big, c, inter)?;
-                    gemm::linear(&blas, c, hidden, inter, mat(p.big, 2 * inter), mat(layer.down.ptr, inter), mat(d_c, hidden))?;
+                    // x += down(silu(gate) · up), again in the epilogue.
+                    gemm::linear(&blas, c, hidden, inter, mat(p.big, 2 * inter), mat(layer.down.ptr, inter), mat(x_c, hidden), true)?;
                     c0 += c;
                 }
             }
-            k.add_rms_norm(p.x, p.d, self.norm.ptr, p.last_h, p.last, b, hidden, s.eps)?;
+            k.rms_norm(p.x, self.norm.ptr, p.last_h, p.last, b, hidden, s.eps)?;
         }
         let stream = self.dev.cuda_stream();
         // SAFETY: fully written by the product below before anything reads it.
@@ -295,6 +298,7 @@ impl Fused {
                 mat(p.last_h, hidden),
                 mat(self.lm_head.ptr, hidden),
                 Mat { ptr: out, elem: Elem::F32, ld: s.vocab },
+                false,
             )?;
         }
         drop(work);

@@ -8,7 +8,7 @@ template <class T>
 __device__ __forceinline__ void silu_mul(u16* __restrict__ gu, u32 rows, u32 inter) {
     const u32 per_row = inter / 8;
     const size_t n = (size_t)rows * per_row;
-    for (size_t i = (size_t)blockIdx.x * SILU_THREADS + threadIdx.x; i < n; i += (size_t)gridDim.x * SILU_THREADS) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const size_t r = i / per_row, c = (i - r * per_row) * 8;
         u16* g = gu + r * 2 * inter + c;
         const Vec8 a = *(const Vec8*)g, b = *(const Vec8*)(g + inter);
@@ -30,5 +30,5 @@ extern "C" __global__ void __launch_bounds__(SILU_THREADS) embed_rows(const u16*
                                                                       u16* __restrict__ x, u32 hidden) {
     const Vec8* src = (const Vec8*)(table + (size_t)ids[blockIdx.x] * hidden);
     Vec8* dst = (Vec8*)(x + (size_t)blockIdx.x * hidden);
-    for (u32 i = threadIdx.x; i < hidden / 8; i += SILU_THREADS) dst[i] = src[i];
+    for (u32 i = threadIdx.x; i < hidden / 8; i += blockDim.x) dst[i] = src[i];
 }

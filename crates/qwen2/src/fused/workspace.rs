@@ -67,8 +67,6 @@ pub(crate) struct Ptrs {
     pub(crate) x: u64,
     /// Normalised input of a block, then attention's output `[tokens, max(hidden, heads·hd)]`.
     pub(crate) h: u64,
-    /// A block's output before the residual add `[tokens, hidden]`.
-    pub(crate) d: u64,
     /// The q/k/v projection `[tokens, qkv]`, later one MLP chunk's gate/up `[chunk, 2·inter]`.
     pub(crate) big: u64,
     /// Final-normed last tokens `[rows, hidden]`.
@@ -88,8 +86,8 @@ pub(crate) struct Workspace {
     rows: usize,
     halves: Option<CudaSlice<u16>>,
     words: Option<CudaSlice<u32>>,
-    /// Offsets (in 16-bit values) of x, h, d, big, last_h.
-    offsets: [usize; 5],
+    /// Offsets (in 16-bit values) of x, h, big, last_h.
+    offsets: [usize; 4],
     /// Offsets (in words) of the metadata sections of the current batch.
     meta: [usize; 4],
     stream: Option<std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>>,
@@ -110,13 +108,12 @@ impl Workspace {
         let align = |n: usize| n.next_multiple_of(64); // 128-byte aligned sections
         let x = align(tokens * s.hidden);
         let h = align(tokens * s.hidden.max(s.heads * s.head_dim));
-        let d = align(tokens * s.hidden);
         let big = align((tokens * s.qkv_width()).max(tokens.min(MLP_CHUNK) * 2 * s.intermediate));
         let last_h = align(rows * s.hidden);
-        self.offsets = [0, x, x + h, x + h + d, x + h + d + big];
+        self.offsets = [0, x, x + h, x + h + big];
         let stream = dev.cuda_stream();
         let halves = stream
-            .alloc_zeros::<u16>(x + h + d + big + last_h)
+            .alloc_zeros::<u16>(x + h + big + last_h)
             .with_context(|| format!("allocating the forward buffers for {tokens} tokens"))?;
         let max_tiles = tokens / 64 + rows + 1;
         let words = stream
@@ -156,9 +153,8 @@ impl Workspace {
         Ptrs {
             x: h(0),
             h: h(1),
-            d: h(2),
-            big: h(3),
-            last_h: h(4),
+            big: h(2),
+            last_h: h(3),
             ids: w(0),
             pos: w(self.meta[0]),
             cu: w(self.meta[1]),
