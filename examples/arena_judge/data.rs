@@ -56,6 +56,7 @@ impl Label {
     }
 
     /// One-hot vector in submission column order (A, B, tie).
+    #[cfg(test)]
     pub fn one_hot(self) -> [f64; 3] {
         let mut v = [0.0; 3];
         v[self.index()] = 1.0;
@@ -132,14 +133,13 @@ impl std::error::Error for RowError {}
 /// The rows of one arena CSV file, in file order.
 #[derive(Debug, Clone)]
 pub struct ArenaCsv {
-    /// The file that was read.
-    pub path: PathBuf,
     /// The layout detected from the header.
     pub format: Format,
     /// One entry per data row, in file order: the parsed row or why it could not be parsed.
     pub rows: Vec<Result<Row, RowError>>,
 }
 
+#[cfg(test)]
 impl ArenaCsv {
     /// Number of rows that parsed.
     pub fn n_ok(&self) -> usize {
@@ -178,6 +178,7 @@ pub fn read_arena_csv(path: &Path) -> anyhow::Result<ArenaCsv> {
 ///
 /// # Errors
 /// As [`read_arena_csv`].
+#[cfg(test)]
 pub fn read_rows(path: &Path) -> anyhow::Result<Vec<Result<Row, RowError>>> {
     Ok(read_arena_csv(path)?.rows)
 }
@@ -234,11 +235,7 @@ pub fn parse_arena_csv<R: std::io::Read>(reader: R, source: &Path) -> anyhow::Re
             }
         }
     }
-    Ok(ArenaCsv {
-        path: source.to_path_buf(),
-        format,
-        rows,
-    })
+    Ok(ArenaCsv { format, rows })
 }
 
 /// Finds the needed columns by name and decides the layout.

@@ -13,21 +13,20 @@
 //! loop in [`run`] is what any Rust engine does with the library: one [`ProcessorConfig`] and
 //! one processor for the whole run; per batch, a [`BatchUpdateBuilder`] reports which requests
 //! left and joined the persistent batch, then `update_state`, the forward pass, and `apply` on
-//! the logits in place. Batching, resuming and reporting live in [`engine`].
+//! the logits in place. Batching is [`plan`], resuming [`checkpoint`], reporting [`report`].
 
-// The example's modules are shared with the tests (`#[path]`), so some of their API is not used
-// by this binary.
-mod awq;
 mod checkpoint;
-#[allow(dead_code)]
 mod data;
-mod engine;
-#[allow(dead_code)]
-mod model;
-#[allow(dead_code)]
+mod files;
+mod inputs;
+mod metrics;
 mod output;
-#[allow(dead_code)]
+mod plan;
 mod prompt;
+mod report;
+mod setup;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,9 +40,12 @@ use logits_processors::{
     BatchUpdateBuilder, ForceToken, LogitsProcessor, OutputTokens, ProcessorConfig, RequestParams,
 };
 
-use crate::model::Qwen2;
-use crate::output::{softmax3, Prediction};
+use qwen2_prefill::Qwen2;
+
+use crate::metrics::softmax3;
+use crate::output::Prediction;
 use crate::prompt::{Layout, PromptEncoder, DEFAULT_MAX_MODEL_LEN};
+use crate::report::Summary;
 
 /// Judge LMSYS Chatbot Arena rows zero-shot with a Qwen2.5 checkpoint and write a Kaggle
 /// submission. Without --model: a demo on a generated model with RANDOM weights.
@@ -83,23 +85,11 @@ struct Cli {
     #[arg(long)]
     resume: bool,
     /// Compute dtype: f16, bf16 or f32 [default: f16 on CUDA, f32 on CPU]
-    #[arg(long, value_parser = engine::parse_dtype)]
+    #[arg(long, value_parser = setup::parse_dtype)]
     dtype: Option<DType>,
     /// Run on the CPU even when CUDA is available
     #[arg(long)]
     cpu: bool,
-    /// Write a generated checkpoint and a tokenizer copy into DIR, then exit
-    #[arg(long, value_name = "DIR", hide = true)]
-    write_checkpoint: Option<PathBuf>,
-    /// Preset of --write-checkpoint (tiny, tiny-dense, qwen2.5-3b)
-    #[arg(long, default_value = "tiny", hide = true)]
-    preset: String,
-    /// Seed of --write-checkpoint
-    #[arg(long, default_value_t = 0, hide = true)]
-    seed: u64,
-    /// Test aid: abort right after the N-th batch is checkpointed (simulates a kill)
-    #[arg(long, value_name = "N", hide = true)]
-    abort_after_batches: Option<usize>,
 }
 
 /// `--layout`.
@@ -113,7 +103,16 @@ enum LayoutArg {
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(summary) => {
+            summary.print();
+            if summary.demo {
+                println!(
+                    "demo: RANDOM weights: these numbers only show that the pipeline works; pass \
+                     --model DIR to judge for real"
+                );
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -121,45 +120,34 @@ fn main() -> ExitCode {
     }
 }
 
-/// Judges the rows of `cli.data` and writes the submission (or, with `--write-checkpoint`, only
-/// writes a generated checkpoint).
-fn run(cli: Cli) -> Result<()> {
-    if let Some(dir) = &cli.write_checkpoint {
-        let tokenizer = cli
-            .tokenizer
-            .clone()
-            .unwrap_or_else(engine::default_tokenizer);
-        engine::write_model_dir(dir, &cli.preset, cli.seed, &tokenizer)?;
-        println!(
-            "wrote a `{}` checkpoint (seed {}) to {}",
-            cli.preset,
-            cli.seed,
-            dir.display()
-        );
-        return Ok(());
-    }
+/// Judges the rows of `cli.data`, writes the submission and returns the run's summary.
+///
+/// # Errors
+/// Bad arguments, unreadable inputs or model, or a failure while judging or writing; the
+/// message names the file at fault.
+fn run(cli: Cli) -> Result<Summary> {
     ensure!(
         cli.token_budget > 0 && cli.max_batch_rows > 0,
         "--token-budget and --max-batch-rows must be positive"
     );
     let demo = cli.model.is_none();
-    let (model_dir, max_model_len) = engine::model_dir(cli.model.as_deref(), cli.max_model_len)?;
+    let (model_dir, max_model_len) = setup::model_dir(cli.model.as_deref(), cli.max_model_len)?;
 
     // Rows → prompts → token ids, and the plan of batches over all of them.
-    let tokenizer = engine::tokenizer(&model_dir, cli.tokenizer.as_deref())?;
+    let tokenizer = setup::tokenizer(&model_dir, cli.tokenizer.as_deref())?;
     let layout = match cli.layout {
         LayoutArg::Chat => Layout::ChatTemplate,
         LayoutArg::Raw => Layout::Raw,
     };
     let encoder = PromptEncoder::new(&tokenizer, layout, max_model_len)?;
     let choices = prompt::choice_ids(&tokenizer)?;
-    let data = cli.data.clone().unwrap_or_else(engine::demo_data);
-    let inputs = engine::load_inputs(&data, cli.validate, &encoder)?;
-    let plan = engine::plan_batches(&inputs.entries, cli.token_budget, cli.max_batch_rows);
+    let data = cli.data.clone().unwrap_or_else(setup::demo_data);
+    let inputs = inputs::load_inputs(&data, cli.validate, &encoder)?;
+    let plan = plan::plan_batches(&inputs.entries, cli.token_budget, cli.max_batch_rows);
     let (mut checkpoint, mut results, resumed) =
-        engine::open_checkpoint(&cli.out, cli.resume, &data, &inputs.entries)?;
+        checkpoint::open_checkpoint(&cli.out, cli.resume, &data, &inputs.entries)?;
 
-    let (device, dtype) = engine::device_and_dtype(cli.cpu, cli.dtype)?;
+    let (device, dtype) = setup::device_and_dtype(cli.cpu, cli.dtype)?;
     let loading = Instant::now();
     let model = Qwen2::load(&model_dir, &device, dtype)?;
     println!(
@@ -185,16 +173,15 @@ fn run(cli: Cli) -> Result<()> {
     let choice_columns = Tensor::new(&choices[..], &device)?;
     let mut changes = BatchUpdateBuilder::new();
     let mut in_batch = 0; // rows of the persistent batch in use
-    let pending = |b: &engine::Batch, results: &[Option<[f64; 3]>]| {
+    let pending = |b: &plan::Batch, results: &[Option<[f64; 3]>]| {
         b.entries.iter().any(|&e| results[e].is_none())
     };
-    let mut meter = engine::Meter::new(
+    let mut meter = report::Meter::new(
         plan.iter()
             .filter(|b| pending(b, &results))
             .map(|b| b.entries.len())
             .sum(),
     );
-    let mut batches_run = 0;
     for batch in &plan {
         if !pending(batch, &results) {
             continue; // checkpointed by the interrupted run
@@ -250,29 +237,21 @@ fn run(cli: Cli) -> Result<()> {
         }
         checkpoint.append(&new)?;
         meter.record(batch, new.len(), fallbacks);
-        batches_run += 1;
-        if cli.abort_after_batches == Some(batches_run) {
-            std::process::abort(); // test aid: a kill right after a checkpointed batch
-        }
     }
-    let seconds = meter.finish().as_secs_f64();
+    let (counts, elapsed) = meter.finish();
 
-    let predictions = engine::assemble(entries, &results);
+    let predictions = output::assemble(entries, &results);
     output::write_submission(&cli.out, &predictions)?;
     checkpoint.remove()?;
-    engine::Summary {
-        out: &cli.out,
+    Ok(Summary {
+        out: cli.out.clone(),
+        demo,
         rows: predictions.len(),
         resumed,
         malformed: inputs.malformed,
         truncated: (inputs.truncated, max_model_len),
-        meter: &meter,
-        seconds,
-        score: engine::score(entries, &predictions)?,
-    }
-    .print();
-    if demo {
-        println!("demo: RANDOM weights: these numbers only show that the pipeline works; pass --model DIR to judge for real");
-    }
-    Ok(())
+        counts,
+        seconds: elapsed.as_secs_f64(),
+        score: metrics::score(entries, &predictions)?,
+    })
 }

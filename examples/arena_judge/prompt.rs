@@ -90,6 +90,7 @@ pub fn user_message(prompt: &str, response_a: &str, response_b: &str) -> String 
 
 /// The whole prompt text of `layout` around a user message (for display; encoding goes through
 /// [`PromptEncoder`], which keeps special-token look-alikes in row text from becoming special).
+#[cfg(test)]
 pub fn prompt_text(layout: Layout, user: &str) -> String {
     match layout {
         Layout::ChatTemplate => format!(
@@ -275,28 +276,20 @@ impl PromptEncoder {
         Ok(encoder)
     }
 
-    /// The layout this encoder produces.
-    pub fn layout(&self) -> Layout {
-        self.layout
-    }
-
-    /// The context length it fits prompts into.
-    pub fn max_model_len(&self) -> usize {
-        self.max_model_len
-    }
-
     /// The most prompt tokens a row may have: `max_model_len - 1` (room for the answer token).
     pub fn max_prompt_tokens(&self) -> usize {
         self.max_model_len - 1
     }
 
     /// Number of tokens of the template itself (everything but the three sections' text).
+    #[cfg(test)]
     pub fn template_tokens(&self) -> usize {
         self.overhead
     }
 
     /// The smallest `max_model_len` this layout accepts: the template with every section cut to
     /// its mark, plus the generated token.
+    #[cfg(test)]
     pub fn min_model_len(&self) -> usize {
         self.minimal_len + 1
     }

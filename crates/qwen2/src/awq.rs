@@ -170,7 +170,7 @@ pub fn unpack(packed: &[u32]) -> Vec<u8> {
 /// (the inverse of [`unpack`]), as AutoAWQ packs `qweight` and `qzeros`.
 pub fn pack(values: &[u8]) -> Result<Vec<u32>> {
     ensure!(
-        values.len() % PACK_FACTOR == 0,
+        values.len().is_multiple_of(PACK_FACTOR),
         "cannot pack {} values: not a multiple of {PACK_FACTOR}",
         values.len()
     );

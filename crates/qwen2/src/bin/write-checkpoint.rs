@@ -1,0 +1,97 @@
+//! Writes a deterministic random Qwen2 checkpoint (see `qwen2_prefill::synthetic`).
+//!
+//! ```text
+//! cargo run --release -p qwen2-prefill --features synthetic --bin write-checkpoint -- \
+//!     DIR [--preset tiny|tiny-dense|qwen2.5-3b] [--seed N] [--tokenizer tokenizer.json]
+//! ```
+//!
+//! With `--tokenizer`, the file is copied into `DIR/tokenizer.json` so the directory is a
+//! complete model for the arena_judge example. The directory is written under a temporary name
+//! and renamed into place, so an interrupted run never leaves a half-written model.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, ensure, Context, Result};
+use qwen2_prefill::synthetic::{write_checkpoint, Preset};
+
+const USAGE: &str = "usage: write-checkpoint DIR [--preset NAME] [--seed N] [--tokenizer PATH]";
+
+struct Args {
+    dir: PathBuf,
+    preset: String,
+    seed: u64,
+    tokenizer: Option<PathBuf>,
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Args> {
+    let (mut dir, mut preset, mut seed, mut tokenizer) = (None, "tiny".to_string(), 0, None);
+    while let Some(a) = args.next() {
+        let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value"));
+        match a.as_str() {
+            "--preset" => preset = value("--preset")?,
+            "--seed" => {
+                let v = value("--seed")?;
+                seed = v
+                    .parse()
+                    .with_context(|| format!("--seed {v:?} is not a u64"))?;
+            }
+            "--tokenizer" => tokenizer = Some(PathBuf::from(value("--tokenizer")?)),
+            "-h" | "--help" => bail!("{USAGE}"),
+            s if s.starts_with('-') => bail!("unknown option {s:?}\n{USAGE}"),
+            s => {
+                ensure!(dir.is_none(), "more than one DIR given\n{USAGE}");
+                dir = Some(PathBuf::from(s));
+            }
+        }
+    }
+    let dir = dir.with_context(|| format!("no DIR given\n{USAGE}"))?;
+    Ok(Args {
+        dir,
+        preset,
+        seed,
+        tokenizer,
+    })
+}
+
+fn run(args: Args) -> Result<()> {
+    let preset = Preset::by_name(&args.preset)?;
+    if let Some(t) = &args.tokenizer {
+        ensure!(t.is_file(), "tokenizer {} not found", t.display());
+    }
+    let name = args.dir.file_name().context("DIR has no file name")?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = args.dir.with_file_name(tmp_name);
+    let _ = std::fs::remove_dir_all(&tmp);
+    write_checkpoint(&tmp, &preset, args.seed)?;
+    if let Some(t) = &args.tokenizer {
+        let dest = tmp.join("tokenizer.json");
+        std::fs::copy(t, &dest)
+            .with_context(|| format!("cannot copy {} to {}", t.display(), dest.display()))?;
+    }
+    if args.dir.exists() {
+        std::fs::remove_dir_all(&args.dir)
+            .with_context(|| format!("cannot remove the old {}", args.dir.display()))?;
+    }
+    std::fs::rename(&tmp, &args.dir)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), args.dir.display()))?;
+    println!(
+        "wrote a `{}` checkpoint (seed {}) to {}",
+        args.preset,
+        args.seed,
+        args.dir.display()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match parse(std::env::args().skip(1)).and_then(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("write-checkpoint: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! [`Qwen2`]: loading a checkpoint into layers, and the batched prefill forward pass that
+//! returns each row's last-position logits.
+
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+use crate::attention::{Dims, Masks, DEFAULT_QUERY_CHUNK, SCORE_BUDGET};
+use crate::awq::AwqConfig;
+use crate::config::Config;
+use crate::layer::Layer;
+use crate::linear::Linear;
+use crate::rope::rope_tables;
+use crate::weights::Weights;
+
+pub struct Qwen2 {
+    cfg: Config,
+    device: Device,
+    dtype: DType,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    /// RoPE tables `[max_position_embeddings, head_dim / 2]` in the model dtype.
+    cos: Tensor,
+    sin: Tensor,
+    query_chunk: usize,
+}
+
+impl Qwen2 {
+    /// Loads a Hugging Face Qwen2 checkpoint directory onto `device`, computing in `dtype`
+    /// (f16/bf16 on GPU, f32 or f16 on CPU: candle's CPU matmul has no bf16).
+    ///
+    /// AWQ GEMM 4-bit layers are dequantized to `dtype` while loading. Errors name the file or
+    /// tensor at fault: missing `config.json` or weights, a model that is not Qwen2, an
+    /// unsupported quantization, a missing tensor or one of the wrong shape.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        ensure!(
+            matches!(dtype, DType::F16 | DType::BF16 | DType::F32),
+            "model dtype {dtype:?} is not supported (use F16, BF16 or F32)"
+        );
+        ensure!(
+            !device.is_cuda() || cfg!(feature = "cuda"),
+            "qwen2-prefill was built without its `cuda` feature, so it has no CUDA kernels: build \
+             with `--features cuda,qwen2-prefill/cuda` (the example) or `--features cuda` (this \
+             crate)"
+        );
+        ensure!(
+            !(device.is_cpu() && dtype == DType::BF16),
+            "BF16 is not supported on the CPU (candle's CPU matmul has no bf16); use F32 or F16"
+        );
+        let cfg_path = dir.join("config.json");
+        let cfg = Config::from_file(&cfg_path)?;
+        let awq = cfg
+            .quantization_config
+            .as_ref()
+            .map(AwqConfig::from_json)
+            .transpose()
+            .with_context(|| {
+                format!("unsupported quantization_config in {}", cfg_path.display())
+            })?;
+        let weights = Weights::open(dir)?;
+
+        let (hidden, inter, vocab) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
+        let embed = weights.dense("model.embed_tokens.weight", &[vocab, hidden], device, dtype)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let lin = |name: &str, out_f: usize, in_f: usize| {
+                weights.linear(
+                    &format!("{p}.{name}"),
+                    out_f,
+                    in_f,
+                    awq.as_ref(),
+                    device,
+                    dtype,
+                )
+            };
+            let vec =
+                |name: &str, n: usize| weights.dense(&format!("{p}.{name}"), &[n], device, dtype);
+            let qkv = Linear::stack(&[
+                lin("self_attn.q_proj", nh * hd, hidden)?,
+                lin("self_attn.k_proj", nkv * hd, hidden)?,
+                lin("self_attn.v_proj", nkv * hd, hidden)?,
+            ])?;
+            let qkv_bias = Tensor::cat(
+                &[
+                    &vec("self_attn.q_proj.bias", nh * hd)?,
+                    &vec("self_attn.k_proj.bias", nkv * hd)?,
+                    &vec("self_attn.v_proj.bias", nkv * hd)?,
+                ],
+                0,
+            )?;
+            layers.push(Layer {
+                input_norm: vec("input_layernorm.weight", hidden)?,
+                post_attention_norm: vec("post_attention_layernorm.weight", hidden)?,
+                qkv,
+                qkv_bias,
+                o_proj: lin("self_attn.o_proj", hidden, nh * hd)?,
+                gate_proj: lin("mlp.gate_proj", inter, hidden)?,
+                up_proj: lin("mlp.up_proj", inter, hidden)?,
+                down_proj: lin("mlp.down_proj", hidden, inter)?,
+            });
+        }
+        let norm = weights.dense("model.norm.weight", &[hidden], device, dtype)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            weights.dense("lm_head.weight", &[vocab, hidden], device, dtype)?
+        };
+        let (cos, sin) = rope_tables(
+            cfg.rope_base(),
+            hd,
+            cfg.max_position_embeddings,
+            device,
+            dtype,
+        )?;
+        Ok(Self {
+            cfg,
+            device: device.clone(),
+            dtype,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            query_chunk: DEFAULT_QUERY_CHUNK,
+        })
+    }
+
+    /// The checkpoint's configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Queries per attention chunk (default [`DEFAULT_QUERY_CHUNK`]).
+    pub fn query_chunk(&self) -> usize {
+        self.query_chunk
+    }
+
+    /// Sets the number of queries per attention chunk (at least 1). Smaller chunks use less
+    /// memory for attention scores (`batch × heads × chunk × seq` f32 values at most) at the cost
+    /// of more, smaller matmuls; the result does not depend on it beyond rounding. A forward pass
+    /// uses fewer when the batch would exceed [`SCORE_BUDGET`] (but never fewer than 16).
+    pub fn set_query_chunk(&mut self, chunk: usize) {
+        self.query_chunk = chunk.max(1);
+    }
+
+    /// Runs one prefill pass and returns the logits at each row's last position.
+    ///
+    /// rows: token ids of each row (any lengths ≥1). Returns the logits at each row's LAST
+    /// position, shape `[rows.len(), vocab]`, dtype f32, on the model's device.
+    ///
+    /// Rows are right-padded to the longest one; padded keys are never attended and each row's
+    /// positions run `0..len`, so a row's logits do not depend on the other rows of the batch.
+    pub fn last_logits(&self, rows: &[&[u32]]) -> Result<Tensor> {
+        ensure!(!rows.is_empty(), "last_logits needs at least one row");
+        let lens: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+        let seq = *lens.iter().max().expect("non-empty");
+        let batch = rows.len();
+        let vocab = self.cfg.vocab_size;
+        for (i, row) in rows.iter().enumerate() {
+            ensure!(
+                !row.is_empty(),
+                "row {i} is empty (every row needs ≥1 token)"
+            );
+            if let Some(&bad) = row.iter().find(|&&id| id as usize >= vocab) {
+                bail!("row {i} has token id {bad}, outside the vocabulary (size {vocab})");
+            }
+        }
+        ensure!(
+            seq <= self.cfg.max_position_embeddings,
+            "a row has {seq} tokens, more than max_position_embeddings {}",
+            self.cfg.max_position_embeddings
+        );
+
+        let mut ids = vec![0u32; batch * seq];
+        for (i, row) in rows.iter().enumerate() {
+            ids[i * seq..i * seq + row.len()].copy_from_slice(row);
+        }
+        let ids = Tensor::from_vec(ids, batch * seq, &self.device)?;
+        let mut x = self.embed.index_select(&ids, 0)?;
+        drop(ids);
+
+        let dims = Dims {
+            batch,
+            seq,
+            heads: self.cfg.num_attention_heads,
+            kv_heads: self.cfg.num_kv_heads(),
+            head_dim: self.cfg.head_dim(),
+            eps: self.cfg.rms_norm_eps as f32,
+        };
+        let cos = self.cos.narrow(0, 0, seq)?;
+        let sin = self.sin.narrow(0, 0, seq)?;
+        let per_query = batch * dims.heads * seq;
+        let chunk = self.query_chunk.min((SCORE_BUDGET / per_query).max(16));
+        let masks = Masks::new(&lens, seq, chunk, &self.device)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &dims, (&cos, &sin), &masks)?;
+        }
+
+        let last: Vec<u32> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i * seq + l - 1) as u32)
+            .collect();
+        let last = Tensor::from_vec(last, batch, &self.device)?;
+        let h = x.index_select(&last, 0)?;
+        drop(x);
+        let h = candle_nn::ops::rms_norm(&h, &self.norm, dims.eps)?;
+        let logits = h.matmul(&self.lm_head.t()?)?;
+        Ok(logits.to_dtype(DType::F32)?)
+    }
+}

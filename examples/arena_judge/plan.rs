@@ -1,0 +1,52 @@
+//! The batch plan: which rows run together through the model.
+//!
+//! The plan is a pure function of the encoded lengths and the two batch limits, so a resumed run
+//! forms exactly the batches of the interrupted one and writes the same bytes.
+
+use crate::inputs::Entry;
+
+/// One forward pass worth of rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// Indices into [`Inputs::entries`], shortest prompt first.
+    pub entries: Vec<usize>,
+    /// Tokens of the longest prompt (every row is padded to it).
+    pub longest: usize,
+    /// Real (unpadded) tokens of all rows.
+    pub tokens: usize,
+}
+
+impl Batch {
+    /// Tokens after padding: rows × longest.
+    pub fn padded(&self) -> usize {
+        self.entries.len() * self.longest
+    }
+}
+
+/// Packs the encoded entries into batches: sorted by token length (ties by input position, so
+/// the plan is deterministic), each batch as large as `token_budget` padded tokens and
+/// `max_rows` rows allow. A prompt longer than the budget gets a batch of its own.
+pub fn plan_batches(entries: &[Entry], token_budget: usize, max_rows: usize) -> Vec<Batch> {
+    let mut order: Vec<(usize, usize)> = entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| e.prompt.as_ref().map(|p| (p.len(), i)))
+        .collect();
+    order.sort_unstable();
+    let mut batches = Vec::new();
+    let mut current = Batch::default();
+    for (len, i) in order {
+        let n = current.entries.len();
+        let fits = n < max_rows && (n + 1) * len <= token_budget;
+        if n > 0 && !fits {
+            batches.push(std::mem::take(&mut current));
+        }
+        current.entries.push(i);
+        current.longest = len; // ascending order: the newest row is the longest
+        current.tokens += len;
+    }
+    if !current.entries.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
