@@ -74,8 +74,9 @@ struct Cli {
     /// Prompt layout
     #[arg(long, value_enum, default_value_t = LayoutArg::Chat)]
     layout: LayoutArg,
-    /// Padded tokens per batch (rows × longest row). Larger is not faster: long rows then share
-    /// batches with short ones and the padding costs more (docs/arena_judge.md)
+    /// Tokens per batch: real tokens on the fused CUDA path (rows packed, no padding), rows ×
+    /// longest row on the padded candle path (CPU, f32), where larger is not faster
+    /// (docs/arena_judge.md)
     #[arg(long, value_name = "TOKENS", default_value_t = 16384)]
     token_budget: usize,
     /// Most rows per batch (the processors' capacity)
@@ -143,19 +144,31 @@ fn run(cli: Cli) -> Result<Summary> {
     let choices = prompt::choice_ids(&tokenizer)?;
     let data = cli.data.clone().unwrap_or_else(setup::demo_data);
     let inputs = inputs::load_inputs(&data, cli.validate, &encoder)?;
-    let plan = plan::plan_batches(&inputs.entries, cli.token_budget, cli.max_batch_rows);
     let (mut checkpoint, mut results, resumed) =
         checkpoint::open_checkpoint(&cli.out, cli.resume, &data, &inputs.entries)?;
 
     let (device, dtype) = setup::device_and_dtype(cli.cpu, cli.dtype)?;
     let loading = Instant::now();
     let model = Qwen2::load(&model_dir, &device, dtype)?;
+    let loaded = loading.elapsed().as_secs_f64();
+    let plan = plan::plan_batches(
+        &inputs.entries,
+        cli.token_budget,
+        cli.max_batch_rows,
+        model.packs_rows(),
+    );
+    // First-use costs (kernel compilation, buffers, cuBLAS) before the clock starts.
+    let warming = Instant::now();
+    let largest = plan.iter().map(|b| b.tokens).max().unwrap_or(1);
+    model.prepare(largest, cli.max_batch_rows)?;
     println!(
-        "model {}: {} layers, vocab {}, {device:?} {dtype:?}, loaded in {:.1} s; {} rows, {} batches",
+        "model {}: {} layers, vocab {}, {device:?} {dtype:?}, {:?} forward pass, loaded in {loaded:.1} s, \
+         warmed up in {:.2} s; {} rows, {} batches",
         model_dir.display(),
         model.config().num_hidden_layers,
         model.config().vocab_size,
-        loading.elapsed().as_secs_f64(),
+        model.forward_path(),
+        warming.elapsed().as_secs_f64(),
         inputs.entries.len(),
         plan.len()
     );

@@ -33,6 +33,7 @@ use candle_core::cuda_backend::CudaStorageSlice;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Device, Storage, Tensor};
 
+use crate::layer::Layer;
 use gemm::{Elem, Mat};
 use kernels::{Half, Kernels};
 use workspace::{BatchMeta, Workspace};
@@ -87,32 +88,30 @@ pub(crate) struct FusedLayer {
     down: Weight,
 }
 
-/// The dense weights of one layer, as the model loaded them (`[out, in]` each).
-pub(crate) struct LayerWeights<'a> {
-    pub(crate) input_norm: &'a Tensor,
-    pub(crate) post_attention_norm: &'a Tensor,
-    pub(crate) qkv: &'a Tensor,
-    pub(crate) qkv_bias: &'a Tensor,
-    pub(crate) o: &'a Tensor,
-    pub(crate) gate: &'a Tensor,
-    pub(crate) up: &'a Tensor,
-    pub(crate) down: &'a Tensor,
-}
-
 impl FusedLayer {
-    /// Takes a layer's weights (gate and up are stacked into one new tensor; the caller drops
-    /// its own copies).
-    pub(crate) fn new(w: LayerWeights<'_>, dtype: DType) -> Result<Self> {
-        let gate_up = Tensor::cat(&[w.gate, w.up], 0)?;
-        Ok(Self {
-            input_norm: Weight::new(w.input_norm, dtype)?,
-            post_attention_norm: Weight::new(w.post_attention_norm, dtype)?,
-            qkv: Weight::new(w.qkv, dtype)?,
-            qkv_bias: Weight::new(w.qkv_bias, dtype)?,
-            o: Weight::new(w.o, dtype)?,
+    /// The fused form of a loaded layer: its weights shared, gate and up stacked into one new
+    /// tensor (the caller drops the layer, so they are held once). `None` when a projection is not
+    /// dense.
+    pub(crate) fn from_layer(layer: &Layer, dtype: DType) -> Result<Option<Self>> {
+        let (Some(qkv), Some(o), Some(gate), Some(up), Some(down)) = (
+            layer.qkv.dense(),
+            layer.o_proj.dense(),
+            layer.gate_proj.dense(),
+            layer.up_proj.dense(),
+            layer.down_proj.dense(),
+        ) else {
+            return Ok(None);
+        };
+        let gate_up = Tensor::cat(&[gate, up], 0)?;
+        Ok(Some(Self {
+            input_norm: Weight::new(&layer.input_norm, dtype)?,
+            post_attention_norm: Weight::new(&layer.post_attention_norm, dtype)?,
+            qkv: Weight::new(qkv, dtype)?,
+            qkv_bias: Weight::new(&layer.qkv_bias, dtype)?,
+            o: Weight::new(o, dtype)?,
             gate_up: Weight::new(&gate_up, dtype)?,
-            down: Weight::new(w.down, dtype)?,
-        })
+            down: Weight::new(down, dtype)?,
+        }))
     }
 }
 
@@ -177,7 +176,8 @@ pub(crate) struct Fused {
 }
 
 impl Fused {
-    /// Builds the fused model from its weights (`cos`/`sin`: `[max_positions, head_dim / 2]`).
+    /// Builds the fused model from its weights (the RoPE tables `cos`/`sin`:
+    /// `[max_positions, head_dim / 2]`).
     ///
     /// # Errors
     /// [`supported`] fails, or the kernels cannot be compiled or loaded.
@@ -189,8 +189,7 @@ impl Fused {
         embed: &Tensor,
         lm_head: &Tensor,
         norm: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
         layers: Vec<FusedLayer>,
     ) -> Result<Self> {
         supported(&shape, device, dtype)?;
