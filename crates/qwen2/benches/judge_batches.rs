@@ -88,7 +88,8 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args> {
 type Batches = Vec<Vec<(String, Vec<u32>)>>;
 
 fn read_batches(path: &PathBuf) -> Result<Batches> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut batches: BTreeMap<u64, Vec<(String, Vec<u32>)>> = BTreeMap::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("{}: line {}", path.display(), n + 1))?;
@@ -97,19 +98,33 @@ fn read_batches(path: &PathBuf) -> Result<Batches> {
         }
         let v: serde_json::Value = serde_json::from_str(&line)
             .with_context(|| format!("{}: line {} is not JSON", path.display(), n + 1))?;
-        let field = |k: &str| v.get(k).with_context(|| format!("{}: line {} has no `{k}`", path.display(), n + 1));
+        let field = |k: &str| {
+            v.get(k)
+                .with_context(|| format!("{}: line {} has no `{k}`", path.display(), n + 1))
+        };
         let id = match field("id")? {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        let batch = field("batch")?.as_u64().context("`batch` is not an integer")?;
+        let batch = field("batch")?
+            .as_u64()
+            .context("`batch` is not an integer")?;
         let ids: Vec<u32> = field("token_ids")?
             .as_array()
             .context("`token_ids` is not an array")?
             .iter()
-            .map(|t| t.as_u64().map(|t| t as u32).context("a token id is not an integer"))
+            .map(|t| {
+                t.as_u64()
+                    .map(|t| t as u32)
+                    .context("a token id is not an integer")
+            })
             .collect::<Result<_>>()?;
-        ensure!(!ids.is_empty(), "{}: line {}: no tokens", path.display(), n + 1);
+        ensure!(
+            !ids.is_empty(),
+            "{}: line {}: no tokens",
+            path.display(),
+            n + 1
+        );
         batches.entry(batch).or_default().push((id, ids));
     }
     ensure!(!batches.is_empty(), "{}: no rows", path.display());
@@ -118,7 +133,9 @@ fn read_batches(path: &PathBuf) -> Result<Batches> {
 
 /// GPU memory in use on the whole device, MiB.
 fn used_mib(dev: &Device) -> Result<f64> {
-    let Device::Cuda(cuda) = dev else { bail!("not a CUDA device") };
+    let Device::Cuda(cuda) = dev else {
+        bail!("not a CUDA device")
+    };
     let ctx = cuda.cuda_stream().context().clone();
     ctx.bind_to_thread()?;
     let (free, total) = ctx.mem_get_info()?;
@@ -134,7 +151,11 @@ fn main() -> Result<()> {
     let before = used_mib(&dev)?;
     let t = Instant::now();
     let model = Qwen2::load_with_path(&args.model, &dev, args.dtype, args.path)?;
-    let max_tokens = batches.iter().map(|b| b.iter().map(|(_, t)| t.len()).sum::<usize>()).max().unwrap_or(1);
+    let max_tokens = batches
+        .iter()
+        .map(|b| b.iter().map(|(_, t)| t.len()).sum::<usize>())
+        .max()
+        .unwrap_or(1);
     let max_rows = batches.iter().map(Vec::len).max().unwrap_or(1);
     model.prepare(max_tokens, max_rows)?;
     dev.synchronize()?;
@@ -159,7 +180,10 @@ fn main() -> Result<()> {
             let p = candle_nn::ops::softmax_last_dim(&logits.index_select(&choices, 1)?)?;
             pending.push(p);
         }
-        let pending: Vec<Vec<Vec<f32>>> = pending.iter().map(|p| p.to_dtype(DType::F32)?.to_vec2()).collect::<candle_core::Result<_>>()?;
+        let pending: Vec<Vec<Vec<f32>>> = pending
+            .iter()
+            .map(|p| p.to_dtype(DType::F32)?.to_vec2())
+            .collect::<candle_core::Result<_>>()?;
         let secs = t.elapsed().as_secs_f64();
         for (batch, p) in batches.iter().zip(pending) {
             for ((id, _), row) in batch.iter().zip(p) {
@@ -179,7 +203,10 @@ fn main() -> Result<()> {
         used_mib(&dev)?
     );
     if let Some(out) = &args.out {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?);
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(out)
+                .with_context(|| format!("cannot create {}", out.display()))?,
+        );
         writeln!(f, "id,winner_model_a,winner_model_b,winner_tie")?;
         for (id, p) in &probs {
             writeln!(f, "{id},{:.6},{:.6},{:.6}", p[0], p[1], p[2])?;

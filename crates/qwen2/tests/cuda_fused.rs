@@ -76,20 +76,30 @@ fn spread(a: &[Vec<f32>]) -> f32 {
 fn fused_matches_candle_path() {
     let dev = cuda();
     let lens = [1, 5, 17, 63, 64, 65, 130, 700, 1500];
-    for (p, seed) in [(preset("gqa8-hd128", 1024, 8, 1), 7), (preset("gqa4-hd64", 512, 8, 2), 8)] {
+    for (p, seed) in [
+        (preset("gqa8-hd128", 1024, 8, 1), 7),
+        (preset("gqa4-hd64", 512, 8, 2), 8),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         write_checkpoint(dir.path(), &p, seed).unwrap();
         let rows = rows(&lens, p.vocab_size as u32);
-        let reference = Qwen2::load_with_path(dir.path(), &dev, DType::F32, ForwardPath::Candle).unwrap();
+        let reference =
+            Qwen2::load_with_path(dir.path(), &dev, DType::F32, ForwardPath::Candle).unwrap();
         let want = logits(&reference, &rows);
         drop(reference);
         let scale = spread(&want);
         for dtype in [DType::F16, DType::BF16] {
-            let candle = Qwen2::load_with_path(dir.path(), &dev, dtype, ForwardPath::Candle).unwrap();
+            let candle =
+                Qwen2::load_with_path(dir.path(), &dev, dtype, ForwardPath::Candle).unwrap();
             let yardstick = max_diff(&logits(&candle, &rows), &want);
             drop(candle);
             let fused = Qwen2::load(dir.path(), &dev, dtype).unwrap();
-            assert_eq!(fused.forward_path(), ForwardPath::Fused, "{}: fused path not taken", p.name);
+            assert_eq!(
+                fused.forward_path(),
+                ForwardPath::Fused,
+                "{}: fused path not taken",
+                p.name
+            );
             let got = logits(&fused, &rows);
             let diff = max_diff(&got, &want);
             // One row at a time gives the same logits as the packed batch (up to the GEMMs'
@@ -105,8 +115,16 @@ fn fused_matches_candle_path() {
                 p.name
             );
             let tol = 2.0 * yardstick.max(scale * 2e-3);
-            assert!(diff.is_finite() && diff <= tol, "{} {dtype:?}: {diff} > {tol}", p.name);
-            assert!(packing <= tol, "{} {dtype:?}: packing changed logits by {packing}", p.name);
+            assert!(
+                diff.is_finite() && diff <= tol,
+                "{} {dtype:?}: {diff} > {tol}",
+                p.name
+            );
+            assert!(
+                packing <= tol,
+                "{} {dtype:?}: packing changed logits by {packing}",
+                p.name
+            );
         }
     }
 }

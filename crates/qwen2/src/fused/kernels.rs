@@ -141,7 +141,14 @@ impl Kernels {
     /// # Safety
     /// The addresses hold `tokens` ids (each < the table's rows), the table and `tokens × hidden`
     /// outputs; `hidden % 8 == 0`.
-    pub(crate) unsafe fn embed(&self, table: u64, ids: u64, x: u64, tokens: usize, hidden: usize) -> Result<()> {
+    pub(crate) unsafe fn embed(
+        &self,
+        table: u64,
+        ids: u64,
+        x: u64,
+        tokens: usize,
+        hidden: usize,
+    ) -> Result<()> {
         let hidden = hidden as u32;
         let mut b = self.stream.launch_builder(&self.embed);
         b.arg(&table).arg(&ids).arg(&x).arg(&hidden);
@@ -168,7 +175,12 @@ impl Kernels {
     ) -> Result<()> {
         let hidden = hidden as u32;
         let mut b = self.stream.launch_builder(&self.norm);
-        b.arg(&x).arg(&weight).arg(&h).arg(&gather).arg(&hidden).arg(&eps);
+        b.arg(&x)
+            .arg(&weight)
+            .arg(&h)
+            .arg(&gather)
+            .arg(&hidden)
+            .arg(&eps);
         b.launch(grid1(rows, NORM_THREADS)).w()?;
         Ok(())
     }
@@ -192,7 +204,8 @@ impl Kernels {
         rope_heads: usize,
         head_dim: usize,
     ) -> Result<()> {
-        let (ld, heads, rope_heads, hd) = (ld as u32, heads as u32, rope_heads as u32, head_dim as u32);
+        let (ld, heads, rope_heads, hd) =
+            (ld as u32, heads as u32, rope_heads as u32, head_dim as u32);
         let mut b = self.stream.launch_builder(&self.rope);
         b.arg(&qkv).arg(&bias).arg(&cos).arg(&sin).arg(&pos);
         b.arg(&ld).arg(&heads).arg(&rope_heads).arg(&hd);
@@ -231,7 +244,12 @@ impl Kernels {
         let scale_log2 = std::f32::consts::LOG2_E / (head_dim as f32).sqrt();
         let mut b = self.stream.launch_builder(&self.attn);
         b.arg(&qkv).arg(&out).arg(&tiles).arg(&cu);
-        b.arg(&ld_qkv).arg(&ld_out).arg(&group).arg(&k_col).arg(&v_col).arg(&scale_log2);
+        b.arg(&ld_qkv)
+            .arg(&ld_out)
+            .arg(&group)
+            .arg(&k_col)
+            .arg(&v_col)
+            .arg(&scale_log2);
         let cfg = LaunchConfig {
             grid_dim: (heads as u32, n_tiles as u32, 1),
             block_dim: (FLASH_THREADS, 1, 1),
@@ -250,7 +268,9 @@ impl Kernels {
             return Ok(());
         }
         let (rows32, inter32) = (rows as u32, inter as u32);
-        let blocks = (rows * inter / 8).div_ceil(SILU_THREADS as usize).min(self.sms as usize * 16);
+        let blocks = (rows * inter / 8)
+            .div_ceil(SILU_THREADS as usize)
+            .min(self.sms as usize * 16);
         let mut b = self.stream.launch_builder(&self.silu);
         b.arg(&gu).arg(&rows32).arg(&inter32);
         b.launch(grid1(blocks, SILU_THREADS)).w()?;

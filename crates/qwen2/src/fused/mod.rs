@@ -59,7 +59,10 @@ impl Weight {
 /// The device address of a contiguous CUDA tensor's first element.
 fn device_ptr(t: &Tensor) -> Result<u64> {
     let (storage, layout) = t.storage_and_layout();
-    ensure!(layout.is_contiguous(), "fused path: a weight is not contiguous");
+    ensure!(
+        layout.is_contiguous(),
+        "fused path: a weight is not contiguous"
+    );
     let Storage::Cuda(cs) = &*storage else {
         bail!("fused path: a weight is not on a CUDA device");
     };
@@ -140,7 +143,10 @@ pub(crate) fn supported(shape: &Shape, device: &Device, dtype: DType) -> Result<
     let Device::Cuda(dev) = device else {
         bail!("not on CUDA");
     };
-    ensure!(matches!(dtype, DType::F16 | DType::BF16), "dtype {dtype:?} (f16 or bf16 only)");
+    ensure!(
+        matches!(dtype, DType::F16 | DType::BF16),
+        "dtype {dtype:?} (f16 or bf16 only)"
+    );
     ensure!(
         matches!(shape.head_dim, 64 | 128),
         "head_dim {} (64 or 128 only)",
@@ -150,7 +156,10 @@ pub(crate) fn supported(shape: &Shape, device: &Device, dtype: DType) -> Result<
         shape.hidden % 8 == 0 && shape.intermediate % 8 == 0,
         "hidden and intermediate sizes must be multiples of 8"
     );
-    ensure!(shape.heads % shape.kv_heads == 0, "heads not a multiple of kv heads");
+    ensure!(
+        shape.heads % shape.kv_heads == 0,
+        "heads not a multiple of kv heads"
+    );
     let cc = kernels::compute_cap(dev)?;
     ensure!(
         cc >= kernels::MIN_COMPUTE_CAP,
@@ -196,7 +205,11 @@ impl Fused {
         let Device::Cuda(dev) = device else {
             unreachable!("checked by `supported`")
         };
-        let half = if dtype == DType::F16 { Half::F16 } else { Half::BF16 };
+        let half = if dtype == DType::F16 {
+            Half::F16
+        } else {
+            Half::BF16
+        };
         let kernels = Kernels::load(dev, half, shape.head_dim)?;
         Ok(Self {
             dev: dev.clone(),
@@ -263,21 +276,71 @@ impl Fused {
             k.embed(self.embed.ptr, p.ids, p.x, t, hidden)?;
             for layer in &self.layers {
                 k.rms_norm(p.x, layer.input_norm.ptr, p.h, 0, t, hidden, s.eps)?;
-                gemm::linear(&blas, t, qkv_width, hidden, mat(p.h, hidden), mat(layer.qkv.ptr, hidden), mat(p.big, qkv_width), false)?;
-                k.bias_rope(p.big, layer.qkv_bias.ptr, self.cos.ptr, self.sin.ptr, p.pos, t, qkv_width, s.heads + 2 * s.kv_heads, s.heads + s.kv_heads, hd)?;
-                k.attention(p.big, p.h, p.tiles, p.cu, meta.tiles, s.heads, s.kv_heads, hd, qkv_width, attn_width)?;
+                gemm::linear(
+                    &blas,
+                    t,
+                    qkv_width,
+                    hidden,
+                    mat(p.h, hidden),
+                    mat(layer.qkv.ptr, hidden),
+                    mat(p.big, qkv_width),
+                    false,
+                )?;
+                k.bias_rope(
+                    p.big,
+                    layer.qkv_bias.ptr,
+                    self.cos.ptr,
+                    self.sin.ptr,
+                    p.pos,
+                    t,
+                    qkv_width,
+                    s.heads + 2 * s.kv_heads,
+                    s.heads + s.kv_heads,
+                    hd,
+                )?;
+                k.attention(
+                    p.big, p.h, p.tiles, p.cu, meta.tiles, s.heads, s.kv_heads, hd, qkv_width,
+                    attn_width,
+                )?;
                 // x += o_proj(attention): the residual add is the product's epilogue.
-                gemm::linear(&blas, t, hidden, attn_width, mat(p.h, attn_width), mat(layer.o.ptr, attn_width), mat(p.x, hidden), true)?;
+                gemm::linear(
+                    &blas,
+                    t,
+                    hidden,
+                    attn_width,
+                    mat(p.h, attn_width),
+                    mat(layer.o.ptr, attn_width),
+                    mat(p.x, hidden),
+                    true,
+                )?;
                 k.rms_norm(p.x, layer.post_attention_norm.ptr, p.h, 0, t, hidden, s.eps)?;
                 let mut c0 = 0;
                 while c0 < t {
                     let c = MLP_CHUNK.min(t - c0);
                     let h_c = p.h + (c0 * hidden * 2) as u64;
                     let x_c = p.x + (c0 * hidden * 2) as u64;
-                    gemm::linear(&blas, c, 2 * inter, hidden, mat(h_c, hidden), mat(layer.gate_up.ptr, hidden), mat(p.big, 2 * inter), false)?;
+                    gemm::linear(
+                        &blas,
+                        c,
+                        2 * inter,
+                        hidden,
+                        mat(h_c, hidden),
+                        mat(layer.gate_up.ptr, hidden),
+                        mat(p.big, 2 * inter),
+                        false,
+                    )?;
                     k.silu_mul(p.big, c, inter)?;
                     // x += down(silu(gate) · up), again in the epilogue.
-                    gemm::linear(&blas, c, hidden, inter, mat(p.big, 2 * inter), mat(layer.down.ptr, inter), mat(x_c, hidden), true)?;
+                    gemm::linear(
+                        &blas,
+                        c,
+                        hidden,
+                        inter,
+                        mat(p.big, 2 * inter),
+                        mat(layer.down.ptr, inter),
+                        mat(x_c, hidden),
+                        true,
+                    )?;
                     c0 += c;
                 }
             }
@@ -285,7 +348,8 @@ impl Fused {
         }
         let stream = self.dev.cuda_stream();
         // SAFETY: fully written by the product below before anything reads it.
-        let logits = unsafe { stream.alloc::<f32>(b * s.vocab) }.context("allocating the logits")?;
+        let logits =
+            unsafe { stream.alloc::<f32>(b * s.vocab) }.context("allocating the logits")?;
         let out = logits.device_ptr(&stream).0;
         // SAFETY: as above; `out` holds `b × vocab` f32 values.
         unsafe {
@@ -296,7 +360,11 @@ impl Fused {
                 hidden,
                 mat(p.last_h, hidden),
                 mat(self.lm_head.ptr, hidden),
-                Mat { ptr: out, elem: Elem::F32, ld: s.vocab },
+                Mat {
+                    ptr: out,
+                    elem: Elem::F32,
+                    ld: s.vocab,
+                },
                 false,
             )?;
         }

@@ -96,7 +96,13 @@ pub(crate) struct Workspace {
 impl Workspace {
     /// Makes room for `tokens` tokens and `rows` rows (rounded up, so that slightly larger
     /// batches later do not reallocate).
-    pub(crate) fn reserve(&mut self, dev: &CudaDevice, s: &Shape, tokens: usize, rows: usize) -> Result<()> {
+    pub(crate) fn reserve(
+        &mut self,
+        dev: &CudaDevice,
+        s: &Shape,
+        tokens: usize,
+        rows: usize,
+    ) -> Result<()> {
         if tokens <= self.tokens && rows <= self.rows && self.halves.is_some() {
             return Ok(());
         }
@@ -134,7 +140,10 @@ impl Workspace {
         self.meta = [t, 2 * t, 2 * t + b + 1, 2 * t + 2 * b + 1];
         let stream = self.stream.as_ref().context("workspace not reserved")?;
         let words = self.words.as_mut().context("workspace not reserved")?;
-        anyhow::ensure!(m.words.len() <= words.len(), "batch metadata larger than its buffer");
+        anyhow::ensure!(
+            m.words.len() <= words.len(),
+            "batch metadata larger than its buffer"
+        );
         let mut dst = words.slice_mut(0..m.words.len());
         stream
             .memcpy_htod(&m.words[..], &mut dst)
