@@ -19,17 +19,22 @@ const CHOICES: [u32; 3] = [32, 33, 48_731];
 const BATCHES: [usize; 4] = [1, 8, 64, 256];
 
 fn config(batch: usize) -> ProcessorConfig {
-    ProcessorConfig::new(batch.max(256), VOCAB, Device::Cpu).unwrap()
+    ProcessorConfig::builder()
+        .max_batch_size(batch.max(256))
+        .vocab_size(VOCAB)
+        .device(Device::Cpu)
+        .build()
+        .unwrap()
 }
 
 /// Every row forced to the three choices, like the arena judge.
 fn admit_all(p: &mut dyn LogitsProcessor, batch: usize) {
     let mut b = BatchUpdateBuilder::new();
-    let params = Arc::new(RequestParams::new().with_forced_tokens(CHOICES));
+    let params = Arc::new(RequestParams::new().with_allowed_token_ids(CHOICES));
     for row in 0..batch {
-        b.add(row, params.clone(), None, Default::default());
+        b.add(row, params.clone());
     }
-    p.update_state(b.build(batch).as_ref()).unwrap();
+    p.update_state(b.build(batch)).unwrap();
 }
 
 fn logits(batch: usize) -> Tensor {
@@ -51,9 +56,11 @@ fn apply(c: &mut Criterion) {
             (
                 "pipeline",
                 Box::new(
-                    Pipeline::new(&cfg)
+                    Pipeline::builder(&cfg)
                         .with(ForceToken::new(&cfg).unwrap())
-                        .with(AllowedIds::new(&cfg, CHOICES, AllowedMode::Boost(100.0)).unwrap()),
+                        .with(AllowedIds::new(&cfg, CHOICES, AllowedMode::Boost(100.0)).unwrap())
+                        .build()
+                        .unwrap(),
                 ),
             ),
         ];
@@ -78,12 +85,14 @@ fn update_state(c: &mut Criterion) {
     let mut group = c.benchmark_group("update_state");
     let cfg = config(256);
     let mut force = ForceToken::new(&cfg).unwrap();
-    let mut pipe = Pipeline::new(&cfg)
+    let mut pipe = Pipeline::builder(&cfg)
         .with(ForceToken::new(&cfg).unwrap())
-        .with(AllowedIds::new(&cfg, CHOICES, AllowedMode::Boost(100.0)).unwrap());
+        .with(AllowedIds::new(&cfg, CHOICES, AllowedMode::Boost(100.0)).unwrap())
+        .build()
+        .unwrap();
     admit_all(&mut force, 256);
     admit_all(&mut pipe, 256);
-    let params = Arc::new(RequestParams::new().with_forced_tokens(CHOICES));
+    let params = Arc::new(RequestParams::new().with_allowed_token_ids(CHOICES));
     for (name, p) in [
         ("force_token", &mut force as &mut dyn LogitsProcessor),
         ("pipeline", &mut pipe),
@@ -95,8 +104,8 @@ fn update_state(c: &mut Criterion) {
                 row = (row + 97) % 256;
                 b.remove(row);
                 let r = b.pop_removed().unwrap();
-                b.add(r, params.clone(), None, Default::default());
-                p.update_state(b.build(256).as_ref()).unwrap();
+                b.add(r, params.clone());
+                p.update_state(b.build(256)).unwrap();
             })
         });
     }

@@ -77,11 +77,11 @@ fn time_one_shot(stream: &Arc<CudaStream>, mut f: impl FnMut(usize)) -> f64 {
 
 fn admit_all(p: &mut dyn LogitsProcessor, batch: usize) {
     let mut b = BatchUpdateBuilder::new();
-    let params = Arc::new(RequestParams::new().with_forced_tokens(CHOICES));
+    let params = Arc::new(RequestParams::new().with_allowed_token_ids(CHOICES));
     for row in 0..batch {
-        b.add(row, params.clone(), None, Default::default());
+        b.add(row, params.clone());
     }
-    p.update_state(b.build(batch).as_ref()).unwrap();
+    p.update_state(b.build(batch)).unwrap();
 }
 
 fn processors(cfg: &ProcessorConfig) -> Vec<(&'static str, Box<dyn LogitsProcessor>)> {
@@ -92,9 +92,11 @@ fn processors(cfg: &ProcessorConfig) -> Vec<(&'static str, Box<dyn LogitsProcess
         (
             "Pipeline",
             Box::new(
-                Pipeline::new(cfg)
+                Pipeline::builder(cfg)
                     .with(ForceToken::new(cfg).unwrap())
-                    .with(boost()),
+                    .with(boost())
+                    .build()
+                    .unwrap(),
             ),
         ),
     ]
@@ -137,7 +139,12 @@ fn main() {
                         .unwrap()
                 })
                 .collect();
-            let cfg = ProcessorConfig::new(CAPACITY, VOCAB, device.clone()).unwrap();
+            let cfg = ProcessorConfig::builder()
+                .max_batch_size(CAPACITY)
+                .vocab_size(VOCAB)
+                .device(device.clone())
+                .build()
+                .unwrap();
             let mut ps = processors(&cfg);
             let mut apply = [0.0; 3];
             let mut one_shot = [0.0; 3];
@@ -186,13 +193,18 @@ fn main() {
     }
 
     // update_state: one change (a request replaced at one row) in a batch of 256.
-    let cfg = ProcessorConfig::new(CAPACITY, VOCAB, device.clone()).unwrap();
+    let cfg = ProcessorConfig::builder()
+        .max_batch_size(CAPACITY)
+        .vocab_size(VOCAB)
+        .device(device.clone())
+        .build()
+        .unwrap();
     let mut update_rows = Vec::new();
     for (name, mut p) in processors(&cfg) {
         admit_all(p.as_mut(), CAPACITY);
         let params = [
-            Arc::new(RequestParams::new().with_forced_tokens([7, 8, 9])),
-            Arc::new(RequestParams::new().with_forced_tokens(CHOICES)),
+            Arc::new(RequestParams::new().with_allowed_token_ids([7, 8, 9])),
+            Arc::new(RequestParams::new().with_allowed_token_ids(CHOICES)),
         ];
         let updates: Vec<Option<BatchUpdate>> = (0..4096)
             .map(|i| {
@@ -200,13 +212,8 @@ fn main() {
                 let row = (i * 37) % CAPACITY;
                 b.remove(row);
                 let row = b.pop_removed().unwrap(); // the engine reuses the freed row
-                b.add(
-                    row,
-                    params[(i / CAPACITY) % 2].clone(),
-                    None,
-                    Default::default(),
-                );
-                b.build(CAPACITY)
+                b.add(row, params[(i / CAPACITY) % 2].clone());
+                b.build(CAPACITY).cloned()
             })
             .collect();
         stream.synchronize().unwrap();

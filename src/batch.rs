@@ -4,10 +4,9 @@
 //! [`BatchUpdate`] to every processor before calling `apply`. The rules an update must follow
 //! (order, replacement, contiguity) are stated and enforced in [`crate::ledger`].
 
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::Arc;
 
-use smallvec::SmallVec;
-
+use crate::output::OutputTokens;
 use crate::params::RequestParams;
 
 /// How a [`MovedRequest`] relocates requests.
@@ -21,16 +20,45 @@ pub enum MoveDirectionality {
 }
 
 /// A request that joined the batch at `row` during this step.
+///
+/// Built by [`BatchUpdateBuilder::add`], which returns it for the optional parts:
+/// `changes.add(row, params).with_prompt(ids).with_output_tokens(out)`.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AddedRequest {
     /// The row the request now occupies (replacing whatever occupied it).
     pub row: usize,
     /// The request's parameters.
     pub params: Arc<RequestParams>,
-    /// The prompt's token ids, when the engine keeps them.
+    /// The prompt's token ids, when the engine keeps them (repetition penalty reads them).
     pub prompt_token_ids: Option<Arc<[u32]>>,
-    /// The request's generated tokens so far; a live handle that the engine keeps appending to.
+    /// The request's generated tokens: a live handle that the engine keeps appending to (and
+    /// rolling back); processors follow it with an [`OutputCursor`](crate::OutputCursor).
     pub output_token_ids: OutputTokens,
+}
+
+impl AddedRequest {
+    /// A request at `row` with `params`, no prompt and a fresh, empty output list.
+    pub fn new(row: usize, params: Arc<RequestParams>) -> Self {
+        Self {
+            row,
+            params,
+            prompt_token_ids: None,
+            output_token_ids: OutputTokens::new(),
+        }
+    }
+
+    /// Sets the prompt's token ids.
+    pub fn with_prompt(&mut self, prompt_token_ids: impl Into<Arc<[u32]>>) -> &mut Self {
+        self.prompt_token_ids = Some(prompt_token_ids.into());
+        self
+    }
+
+    /// Sets the handle of the request's output tokens (the engine keeps a clone and appends).
+    pub fn with_output_tokens(&mut self, output_token_ids: OutputTokens) -> &mut Self {
+        self.output_token_ids = output_token_ids;
+        self
+    }
 }
 
 /// A request relocated within the batch during this step.
@@ -44,55 +72,6 @@ pub struct MovedRequest {
     pub direction: MoveDirectionality,
 }
 
-/// A request's output tokens, shared between the engine (which appends) and processors
-/// (which read).
-///
-/// This is vLLM's "reference to the running output list": a processor that keeps the handle
-/// from [`AddedRequest::output_token_ids`] always sees the latest tokens. Cloning is cheap
-/// (one reference count).
-#[derive(Debug, Clone, Default)]
-pub struct OutputTokens(Arc<RwLock<Vec<u32>>>);
-
-impl OutputTokens {
-    /// An empty list.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Appends a generated token (engine side).
-    pub fn push(&self, token: u32) {
-        self.0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(token);
-    }
-
-    /// Reads the tokens generated so far.
-    pub fn read(&self) -> RwLockReadGuard<'_, Vec<u32>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Number of tokens generated so far.
-    pub fn len(&self) -> usize {
-        self.read().len()
-    }
-
-    /// Whether no token has been generated yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl From<Vec<u32>> for OutputTokens {
-    fn from(tokens: Vec<u32>) -> Self {
-        Self(Arc::new(RwLock::new(tokens)))
-    }
-}
-
-/// The small per-step lists of a [`BatchUpdate`]; inline up to 8 entries, so a typical step
-/// does not touch the heap.
-pub type StepList<T> = SmallVec<[T; 8]>;
-
 /// The changes to the persistent batch in one step (vLLM v1's `BatchUpdate`).
 ///
 /// Processors apply them in the order **removed → added → moved**; the full rules are in
@@ -103,11 +82,11 @@ pub struct BatchUpdate {
     /// `0..batch_size` and `apply` receives `batch_size` rows.
     pub batch_size: usize,
     /// Rows whose requests left the batch.
-    pub removed: StepList<usize>,
+    pub removed: Vec<usize>,
     /// Requests that joined, with their rows.
-    pub added: StepList<AddedRequest>,
+    pub added: Vec<AddedRequest>,
     /// Moves and swaps, applied in order after `removed` and `added`.
-    pub moved: StepList<MovedRequest>,
+    pub moved: Vec<MovedRequest>,
 }
 
 impl BatchUpdate {
@@ -125,26 +104,28 @@ impl BatchUpdate {
     }
 }
 
-/// Records one step's changes and produces the [`BatchUpdate`] for the processors.
+/// Records one step's changes and lends the [`BatchUpdate`] for the processors.
 ///
 /// Typical engine use, per step: call [`remove`](Self::remove) for every finished request
 /// first; then for every new request take a freed row with [`pop_removed`](Self::pop_removed)
 /// (the lowest freed row; the row leaves `removed`, and the added request replaces the old one
 /// there) or append at the end; then fill the remaining holes with
 /// [`move_request`](Self::move_request) from the end of the batch; finally
-/// [`build`](Self::build). The builder keeps no heap allocation of its own beyond what the
-/// lists spill.
+/// [`build`](Self::build). The builder reuses its lists from step to step: once they have
+/// grown to the largest step, recording a step allocates nothing.
 ///
 /// # Example
 ///
 /// ```
 /// use std::sync::Arc;
-/// use logits_processors::{BatchUpdateBuilder, RequestParams};
+/// use logits_processors::{BatchUpdateBuilder, OutputTokens, RequestParams};
 ///
 /// let mut b = BatchUpdateBuilder::new();
-/// // step 1: two requests join rows 0 and 1
-/// b.add(0, Arc::new(RequestParams::new()), None, Default::default());
-/// b.add(1, Arc::new(RequestParams::new()), None, Default::default());
+/// // step 1: two requests join rows 0 and 1; the second brings its prompt and output handle
+/// b.add(0, Arc::new(RequestParams::new()));
+/// b.add(1, Arc::new(RequestParams::new()))
+///     .with_prompt(vec![1, 2, 3])
+///     .with_output_tokens(OutputTokens::new());
 /// let update = b.build(2).expect("the batch changed");
 /// assert_eq!(update.added.len(), 2);
 ///
@@ -152,7 +133,7 @@ impl BatchUpdate {
 /// b.remove(0);
 /// let row = b.pop_removed().expect("a row was freed");
 /// assert_eq!(row, 0);
-/// b.add(row, Arc::new(RequestParams::new().with_forced_tokens([7])), None, Default::default());
+/// b.add(row, Arc::new(RequestParams::new().with_allowed_token_ids([7])));
 /// let update = b.build(2).unwrap();
 /// assert!(update.removed.is_empty()); // the reused row is not reported as removed
 /// assert_eq!(update.added[0].row, 0);
@@ -162,10 +143,10 @@ impl BatchUpdate {
 /// ```
 #[derive(Debug, Default)]
 pub struct BatchUpdateBuilder {
-    removed: StepList<usize>,
+    update: BatchUpdate,
     removed_sorted: bool,
-    added: StepList<AddedRequest>,
-    moved: StepList<MovedRequest>,
+    /// The lists hold the last built update; the next record starts a new step.
+    built: bool,
 }
 
 impl BatchUpdateBuilder {
@@ -174,44 +155,50 @@ impl BatchUpdateBuilder {
         Self::default()
     }
 
+    fn step(&mut self) -> &mut BatchUpdate {
+        if self.built {
+            self.built = false;
+            self.removed_sorted = false;
+            let u = &mut self.update;
+            u.removed.clear();
+            u.added.clear();
+            u.moved.clear();
+        }
+        &mut self.update
+    }
+
     /// Records that the request at `row` left the batch.
     pub fn remove(&mut self, row: usize) {
-        self.removed.push(row);
+        self.step().removed.push(row);
         self.removed_sorted = false;
     }
 
     /// The lowest row freed so far in this step, without taking it.
     pub fn peek_removed(&mut self) -> Option<usize> {
+        self.step();
         self.sort_removed();
-        self.removed.last().copied()
+        self.update.removed.last().copied()
     }
 
     /// Takes the lowest row freed so far in this step, so that a new request can be added onto
     /// it: the row no longer appears in `removed` and the added request replaces the old one.
     pub fn pop_removed(&mut self) -> Option<usize> {
+        self.step();
         self.sort_removed();
-        self.removed.pop()
+        self.update.removed.pop()
     }
 
-    /// Records that a request joined the batch at `row`.
-    pub fn add(
-        &mut self,
-        row: usize,
-        params: Arc<RequestParams>,
-        prompt_token_ids: Option<Arc<[u32]>>,
-        output_token_ids: OutputTokens,
-    ) {
-        self.added.push(AddedRequest {
-            row,
-            params,
-            prompt_token_ids,
-            output_token_ids,
-        });
+    /// Records that a request with `params` joined the batch at `row`, with no prompt and a
+    /// fresh output list; set those on the returned [`AddedRequest`].
+    pub fn add(&mut self, row: usize, params: Arc<RequestParams>) -> &mut AddedRequest {
+        let added = &mut self.step().added;
+        added.push(AddedRequest::new(row, params));
+        added.last_mut().expect("just pushed")
     }
 
     /// Records a one-way move of the request at `from` to `to` (which it replaces).
     pub fn move_request(&mut self, from: usize, to: usize) {
-        self.moved.push(MovedRequest {
+        self.step().moved.push(MovedRequest {
             from,
             to,
             direction: MoveDirectionality::Unidirectional,
@@ -220,7 +207,7 @@ impl BatchUpdateBuilder {
 
     /// Records that the requests at `a` and `b` trade places.
     pub fn swap(&mut self, a: usize, b: usize) {
-        self.moved.push(MovedRequest {
+        self.step().moved.push(MovedRequest {
             from: a,
             to: b,
             direction: MoveDirectionality::Swap,
@@ -229,29 +216,26 @@ impl BatchUpdateBuilder {
 
     /// Whether anything was recorded since the last [`build`](Self::build).
     pub fn has_changes(&self) -> bool {
-        !(self.removed.is_empty() && self.added.is_empty() && self.moved.is_empty())
+        !self.built && !self.update.is_empty()
     }
 
-    /// Returns the step's update (`None` when nothing changed: pass `None` to
-    /// `update_state`) and clears the builder for the next step.
-    pub fn build(&mut self, batch_size: usize) -> Option<BatchUpdate> {
+    /// Returns the step's update, or `None` when nothing changed (pass it to `update_state`
+    /// either way). The next record starts a new step.
+    pub fn build(&mut self, batch_size: usize) -> Option<&BatchUpdate> {
         if !self.has_changes() {
+            self.built = true;
             return None;
         }
         self.sort_removed();
-        self.removed_sorted = false;
-        Some(BatchUpdate {
-            batch_size,
-            removed: std::mem::take(&mut self.removed),
-            added: std::mem::take(&mut self.added),
-            moved: std::mem::take(&mut self.moved),
-        })
+        self.built = true;
+        self.update.batch_size = batch_size;
+        Some(&self.update)
     }
 
     /// Descending, so that the lowest freed row is at the end.
     fn sort_removed(&mut self) {
         if !self.removed_sorted {
-            self.removed.sort_unstable_by(|a, b| b.cmp(a));
+            self.update.removed.sort_unstable_by(|a, b| b.cmp(a));
             self.removed_sorted = true;
         }
     }

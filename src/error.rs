@@ -1,35 +1,66 @@
-//! The crate's one error type.
+//! The crate's errors, grouped by who must act on them.
 //!
-//! Every fallible call returns [`Error`]. A rejected [`BatchUpdate`](crate::BatchUpdate) or
-//! rejected logits leave the processor exactly as it was before the call: errors are
-//! reported *before* any state is touched.
+//! Every fallible call returns [`Error`], whose variants say whose mistake it is:
+//!
+//! | variant | who must act | inner type |
+//! | --- | --- | --- |
+//! | [`Error::Update`] | the engine: its batch bookkeeping is broken (a bug) | [`UpdateError`] |
+//! | [`Error::Params`] | the client: a request asks for something unusable | [`ParamsError`] |
+//! | [`Error::Logits`] | the caller of `apply`: wrong shape, dtype, layout or device | [`LogitsError`] |
+//! | [`Error::Config`] | whoever builds the processors | [`ConfigError`] |
+//! | [`Error::Device`] | nobody in particular: candle failed (allocation, copy, launch) | `candle_core::Error` |
+//!
+//! A rejected update, request or logits tensor leaves every processor exactly as it was before
+//! the call: errors are reported *before* any state is touched.
 
-use candle_core::DType;
+use candle_core::{DType, DeviceLocation};
 
-/// Everything that can go wrong when feeding a processor.
+/// Everything that can go wrong when building or feeding a processor.
 ///
-/// The variants name the offending row, token or shape so that an engine author can find the
-/// bug in their bookkeeping from the message alone.
+/// Match on the group to decide what to do (an engine typically rejects the request on
+/// [`Error::Params`] and treats [`Error::Update`] as a bug); the inner error names the offending
+/// row, token, parameter or shape.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A row index in an update is at or beyond the processor's capacity
-    /// (`max_batch_size` of its [`ProcessorConfig`](crate::ProcessorConfig)).
+    /// The engine's [`BatchUpdate`](crate::BatchUpdate) breaks a rule of [`crate::ledger`].
+    #[error("invalid batch update (an engine bookkeeping bug): {0}")]
+    Update(#[from] UpdateError),
+    /// A request's [`RequestParams`](crate::RequestParams) cannot be served.
+    #[error("request rejected: {0}")]
+    Params(#[from] ParamsError),
+    /// The logits handed to `apply` cannot be processed.
+    #[error("unusable logits: {0}")]
+    Logits(#[from] LogitsError),
+    /// A processor or pipeline was configured with unusable values.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// An error from candle (allocation, device copy, kernel launch).
+    #[error("device error: {0}")]
+    Device(#[from] candle_core::Error),
+}
+
+/// A [`BatchUpdate`](crate::BatchUpdate) that breaks a rule of [`crate::ledger`]: a bug in the
+/// engine's bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpdateError {
+    /// A row index is at or beyond the capacity (`max_batch_size`).
     #[error("{what} row {row} is out of range: the processor holds {capacity} rows")]
     RowOutOfRange {
         /// Which list of the update named the row (`"removed"`, `"added"`, `"moved"`).
         what: &'static str,
         /// The offending row index.
         row: usize,
-        /// The processor's capacity.
+        /// The capacity.
         capacity: usize,
     },
-    /// `batch_size` of an update exceeds the processor's capacity.
-    #[error("batch_size {batch_size} exceeds the processor's capacity of {capacity} rows")]
+    /// `batch_size` exceeds the capacity.
+    #[error("batch_size {batch_size} exceeds the capacity of {capacity} rows")]
     BatchSizeOverCapacity {
         /// The update's batch size.
         batch_size: usize,
-        /// The processor's capacity.
+        /// The capacity.
         capacity: usize,
     },
     /// The same row appears twice in `removed`.
@@ -50,8 +81,7 @@ pub enum Error {
         /// The offending row.
         row: usize,
     },
-    /// A unidirectional move starts from a row that holds no request at that point of the
-    /// update (after `removed`, `added` and the earlier moves).
+    /// A one-way move starts from a row that holds no request at that point of the update.
     #[error("move {from} -> {to}: row {from} holds no request at this point of the update")]
     MoveFromEmptyRow {
         /// Source row.
@@ -83,57 +113,94 @@ pub enum Error {
         /// An occupied row at or beyond `batch_size`, if one was found.
         stray_row: Option<usize>,
     },
-    /// A token id is not below the vocabulary size.
-    #[error("token id {token} is out of range for a vocabulary of {vocab_size}")]
-    TokenOutOfVocab {
+    /// A request's output tokens hold an id outside the vocabulary (the engine appended a token
+    /// the model cannot produce).
+    #[error("row {row}: output token {token} is out of range for a vocabulary of {vocab_size}")]
+    OutputTokenOutOfVocab {
+        /// The request's row.
+        row: usize,
         /// The offending id.
         token: u32,
-        /// The processor's vocabulary size.
+        /// The vocabulary size.
+        vocab_size: usize,
+    },
+}
+
+/// Request parameters a processor cannot serve: the client's fault. Reject the request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParamsError {
+    /// A token id is not below the vocabulary size.
+    #[error("{param}: token id {token} is out of range for a vocabulary of {vocab_size}")]
+    TokenOutOfVocab {
+        /// The parameter that holds the id.
+        param: &'static str,
+        /// The offending id.
+        token: u32,
+        /// The vocabulary size.
         vocab_size: usize,
     },
     /// A token set that must not be empty is empty.
-    #[error("{what}: the token set is empty (it would mask every token)")]
+    #[error("{param}: the token set is empty (it would mask every token)")]
     EmptyTokenSet {
-        /// Where the empty set came from.
-        what: &'static str,
+        /// The parameter.
+        param: &'static str,
     },
-    /// A request asks to force more distinct tokens than the processor was built for.
-    #[error("{len} forced tokens requested, but this ForceToken holds at most {max} per request")]
+    /// More distinct tokens than the processor was built for.
+    #[error("{param}: {len} distinct tokens requested, at most {max} allowed")]
     TooManyTokens {
+        /// The parameter.
+        param: &'static str,
         /// Distinct tokens requested.
         len: usize,
-        /// The processor's per-request limit.
+        /// The limit.
         max: usize,
     },
-    /// A custom processor rejected a request's parameters.
-    #[error("{processor} rejects the request's parameters: {reason}")]
-    InvalidParams {
+    /// A numeric parameter outside its valid range.
+    #[error("{param} = {value} is invalid: {expected}")]
+    OutOfRange {
+        /// The parameter.
+        param: &'static str,
+        /// The value received.
+        value: f64,
+        /// What is accepted, in words.
+        expected: &'static str,
+    },
+    /// A custom processor rejected the request's parameters.
+    #[error("{processor}: {reason}")]
+    Rejected {
         /// The processor's name.
         processor: &'static str,
         /// Why.
         reason: String,
     },
+}
+
+/// Logits that cannot be processed: the caller's mistake.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogitsError {
     /// Logits of the wrong rank.
     #[error("logits must have rank 2 ([batch, vocab]), got shape {shape:?}")]
-    LogitsRank {
+    Rank {
         /// The shape received.
         shape: Vec<usize>,
     },
     /// Logits whose shape does not match `[batch_size, vocab_size]`.
     #[error("logits have shape [{rows}, {width}], expected [{batch_size}, {vocab_size}] (batch_size, vocab_size)")]
-    LogitsShape {
+    Shape {
         /// Rows received.
         rows: usize,
         /// Columns received.
         width: usize,
         /// The current batch size.
         batch_size: usize,
-        /// The processor's vocabulary size.
+        /// The vocabulary size.
         vocab_size: usize,
     },
-    /// Logits of a dtype the processors do not handle.
+    /// A dtype the processors do not handle.
     #[error("logits dtype {dtype:?} is not supported: use f32, f16 or bf16")]
-    LogitsDtype {
+    Dtype {
         /// The dtype received.
         dtype: DType,
     },
@@ -141,21 +208,95 @@ pub enum Error {
     #[error(
         "logits must be contiguous (row-major) to be processed in place; call .contiguous() first"
     )]
-    LogitsNotContiguous,
+    NotContiguous,
     /// Logits on another device than the processor's state.
     #[error("logits are on {got:?} but the processor's state lives on {expected:?}")]
     DeviceMismatch {
         /// The processor's device.
-        expected: candle_core::DeviceLocation,
+        expected: DeviceLocation,
         /// The logits' device.
-        got: candle_core::DeviceLocation,
+        got: DeviceLocation,
     },
-    /// A configuration value is unusable (zero capacity, zero vocabulary, …).
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// An error from candle (allocation, device copy, kernel launch).
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+}
+
+/// A configuration that cannot work: whoever builds the processors must fix it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A size that must be positive is zero.
+    #[error("{what} must be positive")]
+    Zero {
+        /// Which size.
+        what: &'static str,
+    },
+    /// A required setting was not given to a builder.
+    #[error("{what} was not set")]
+    Missing {
+        /// Which setting.
+        what: &'static str,
+    },
+    /// The vocabulary does not fit in `u32` token ids.
+    #[error("vocab_size {vocab_size} does not fit in a u32 token id")]
+    VocabTooLarge {
+        /// The vocabulary size given.
+        vocab_size: usize,
+    },
+    /// A token id given at construction is outside the vocabulary.
+    #[error("{what}: token id {token} is out of range for a vocabulary of {vocab_size}")]
+    TokenOutOfVocab {
+        /// Where the id came from.
+        what: &'static str,
+        /// The offending id.
+        token: u32,
+        /// The vocabulary size.
+        vocab_size: usize,
+    },
+    /// A token list given at construction is empty where that would mask everything.
+    #[error("{what}: the token set is empty (it would mask every token)")]
+    EmptyTokenSet {
+        /// Where the list came from.
+        what: &'static str,
+    },
+    /// A numeric setting that must be finite is not.
+    #[error("{what} = {value} must be finite")]
+    NotFinite {
+        /// Which setting.
+        what: &'static str,
+        /// The value given.
+        value: f32,
+    },
+    /// A pipeline stage was built for another capacity, vocabulary or device than the
+    /// pipeline.
+    #[error(
+        "{stage} was built for {stage_rows} rows x vocab {stage_vocab} on {stage_device:?}, \
+         but the pipeline is for {rows} rows x vocab {vocab} on {device:?}: build every stage \
+         from the pipeline's ProcessorConfig"
+    )]
+    StageMismatch {
+        /// The stage's name.
+        stage: &'static str,
+        /// The stage's capacity.
+        stage_rows: usize,
+        /// The stage's vocabulary size.
+        stage_vocab: usize,
+        /// The stage's device.
+        stage_device: DeviceLocation,
+        /// The pipeline's capacity.
+        rows: usize,
+        /// The pipeline's vocabulary size.
+        vocab: usize,
+        /// The pipeline's device.
+        device: DeviceLocation,
+    },
+    /// A pipeline stage has already followed a batch (its batch size is not 0), so it would
+    /// disagree with the pipeline about which rows hold requests.
+    #[error("{stage} has already seen updates (batch size {batch_size}); give the pipeline fresh processors")]
+    StageNotFresh {
+        /// The stage's name.
+        stage: &'static str,
+        /// Its batch size.
+        batch_size: usize,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

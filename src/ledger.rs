@@ -25,7 +25,7 @@
 //! 6. **Bounds.** Every row and `batch_size` are below the processor's capacity.
 //! 7. **No update** (`None`) means the batch did not change.
 //!
-//! What breaks a rule is an [`Error`] and leaves the ledger exactly as before the call.
+//! What breaks a rule is an [`Error::Update`](crate::Error::Update) and leaves the ledger exactly as before the call.
 //!
 //! # A worked example
 //!
@@ -42,24 +42,27 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use logits_processors::{BatchUpdateBuilder, RequestParams, RowLedger};
+//! use logits_processors::{BatchUpdateBuilder, ExtraArg, RequestParams, RowLedger};
 //!
-//! let p = |tag: u32| Arc::new(RequestParams::new().with_forced_tokens([tag]));
-//! let mut ledger: RowLedger<u32> = RowLedger::new(4);
-//! let state = |a: &logits_processors::AddedRequest| Ok(a.params.forced_tokens.as_ref().map(|t| t[0]));
+//! let p = |tag: i64| Arc::new(RequestParams::new().with_extra("tag", ExtraArg::Int(tag)));
+//! let mut ledger: RowLedger<i64> = RowLedger::new(4);
+//! let state = |a: &logits_processors::AddedRequest| match a.params.extra.get("tag") {
+//!     Some(ExtraArg::Int(t)) => Ok(Some(*t)),
+//!     _ => Ok(None),
+//! };
 //!
 //! let mut b = BatchUpdateBuilder::new();
 //! for (row, tag) in [(0, 10), (1, 11), (2, 12)] {
-//!     b.add(row, p(tag), None, Default::default());
+//!     b.add(row, p(tag));
 //! }
-//! ledger.apply(b.build(3).as_ref(), state)?;
+//! ledger.apply(b.build(3), state)?;
 //!
 //! b.remove(0);
 //! b.remove(1);
 //! let row = b.pop_removed().unwrap(); // 0
-//! b.add(row, p(13), None, Default::default());
+//! b.add(row, p(13));
 //! b.move_request(2, 1);
-//! ledger.apply(b.build(2).as_ref(), state)?;
+//! ledger.apply(b.build(2), state)?;
 //!
 //! assert_eq!(ledger.batch_size(), 2);
 //! assert_eq!(ledger.get(0), Some(&13));
@@ -75,7 +78,7 @@
 //! grown to the largest step seen.
 
 use crate::batch::{AddedRequest, BatchUpdate, MoveDirectionality};
-use crate::error::{Error, Result};
+use crate::error::{Result, UpdateError};
 
 /// Per-row state of a persistent batch, updated by [`BatchUpdate`]s under the rules of this
 /// module.
@@ -205,11 +208,11 @@ impl<T> RowLedger<T> {
     ///
     /// # Errors
     ///
-    /// The first broken rule, as an [`Error`].
+    /// The first broken rule, as an [`Error::Update`](crate::Error::Update).
     pub fn validate(&mut self, update: &BatchUpdate) -> Result<()> {
         let result = self.check(update);
         self.touched.clear();
-        result
+        Ok(result?)
     }
 
     /// Applies `update` (or nothing, for `None`), asking `state_of` for the state of each
@@ -235,7 +238,7 @@ impl<T> RowLedger<T> {
         };
         if let Err(e) = self.check(update) {
             self.touched.clear();
-            return Err(e);
+            return Err(e.into());
         }
         self.pending.clear();
         for added in &update.added {
@@ -254,10 +257,10 @@ impl<T> RowLedger<T> {
 
     /// Validation: simulates the update on the scratch overlay and records the rows it
     /// touches in `self.touched` (the overlay is discarded by the next call).
-    fn check(&mut self, update: &BatchUpdate) -> Result<()> {
+    fn check(&mut self, update: &BatchUpdate) -> Result<(), UpdateError> {
         let capacity = self.capacity();
         if update.batch_size > capacity {
-            return Err(Error::BatchSizeOverCapacity {
+            return Err(UpdateError::BatchSizeOverCapacity {
                 batch_size: update.batch_size,
                 capacity,
             });
@@ -280,7 +283,7 @@ impl<T> RowLedger<T> {
             if row < capacity {
                 Ok(())
             } else {
-                Err(Error::RowOutOfRange {
+                Err(UpdateError::RowOutOfRange {
                     what,
                     row,
                     capacity,
@@ -298,10 +301,10 @@ impl<T> RowLedger<T> {
             in_range("removed", row)?;
             let f = flags(scratch, row);
             if f & REMOVED != 0 {
-                return Err(Error::RemovedTwice { row });
+                return Err(UpdateError::RemovedTwice { row });
             }
             if f & OCCUPIED == 0 {
-                return Err(Error::RemovedEmptyRow { row });
+                return Err(UpdateError::RemovedEmptyRow { row });
             }
             set(scratch, row, (f & !OCCUPIED) | REMOVED);
         }
@@ -310,7 +313,7 @@ impl<T> RowLedger<T> {
             in_range("added", row)?;
             let f = flags(scratch, row);
             if f & ADDED != 0 {
-                return Err(Error::AddedTwice { row });
+                return Err(UpdateError::AddedTwice { row });
             }
             set(scratch, row, f | OCCUPIED | ADDED);
         }
@@ -321,7 +324,7 @@ impl<T> RowLedger<T> {
             match m.direction {
                 MoveDirectionality::Unidirectional => {
                     if ff & OCCUPIED == 0 {
-                        return Err(Error::MoveFromEmptyRow {
+                        return Err(UpdateError::MoveFromEmptyRow {
                             from: m.from,
                             to: m.to,
                         });
@@ -334,7 +337,7 @@ impl<T> RowLedger<T> {
                 MoveDirectionality::Swap => {
                     for (row, f) in [(m.from, ff), (m.to, ft)] {
                         if f & OCCUPIED == 0 {
-                            return Err(Error::SwapWithEmptyRow {
+                            return Err(UpdateError::SwapWithEmptyRow {
                                 a: m.from,
                                 b: m.to,
                                 empty: row,
@@ -369,7 +372,7 @@ impl<T> RowLedger<T> {
             stray_row = (new..old).find(|&r| scratch.get(r).is_none());
         }
         if occupied != new || stray_row.is_some() {
-            return Err(Error::RowsNotContiguous {
+            return Err(UpdateError::RowsNotContiguous {
                 batch_size: new,
                 occupied,
                 stray_row,

@@ -1,11 +1,10 @@
 //! Per-request parameters: what a request asks of the processors.
 //!
-//! [`RequestParams`] has a typed field for each built-in processor and an extension map,
-//! [`RequestParams::extra`], for custom processors (vLLM's `extra_args`).
+//! [`RequestParams`] has a typed field for each built-in processor, named after vLLM's
+//! `SamplingParams`, and an extension map, [`RequestParams::extra`], for custom processors
+//! (vLLM's `extra_args`).
 
 use std::collections::BTreeMap;
-
-use smallvec::SmallVec;
 
 /// The parameters of one request, as handed to processors when the request joins the batch.
 ///
@@ -18,17 +17,18 @@ use smallvec::SmallVec;
 /// use logits_processors::{ExtraArg, RequestParams};
 ///
 /// let params = RequestParams::new()
-///     .with_forced_tokens([32, 33, 48731])
-///     .with_extra("min_tokens", ExtraArg::Int(4));
-/// assert_eq!(params.forced_tokens.as_deref(), Some(&[32, 33, 48731][..]));
-/// assert_eq!(params.extra.get("min_tokens"), Some(&ExtraArg::Int(4)));
+///     .with_allowed_token_ids([32, 33, 48731])
+///     .with_extra("scale", ExtraArg::Float(0.5));
+/// assert_eq!(params.allowed_token_ids.as_deref(), Some(&[32, 33, 48731][..]));
+/// assert_eq!(params.extra.get("scale"), Some(&ExtraArg::Float(0.5)));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct RequestParams {
-    /// Read by [`ForceToken`](crate::ForceToken): the only token ids that may be produced
-    /// next. `None` leaves the request's row untouched. Order and duplicates do not matter.
-    pub forced_tokens: Option<SmallVec<[u32; 4]>>,
+    /// vLLM's `allowed_token_ids`, read by [`ForceToken`](crate::ForceToken): the only token
+    /// ids that may be produced next. `None` leaves the request's row untouched. Order and
+    /// duplicates do not matter; an empty list is rejected.
+    pub allowed_token_ids: Option<Vec<u32>>,
     /// Free-form arguments for custom processors, keyed by name.
     pub extra: BTreeMap<String, ExtraArg>,
 }
@@ -39,9 +39,10 @@ impl RequestParams {
         Self::default()
     }
 
-    /// Asks [`ForceToken`](crate::ForceToken) to keep only `tokens` in this request's row.
-    pub fn with_forced_tokens(mut self, tokens: impl IntoIterator<Item = u32>) -> Self {
-        self.forced_tokens = Some(tokens.into_iter().collect());
+    /// Asks [`ForceToken`](crate::ForceToken) to keep only `tokens` in this request's row
+    /// (vLLM's `allowed_token_ids`).
+    pub fn with_allowed_token_ids(mut self, tokens: impl IntoIterator<Item = u32>) -> Self {
+        self.allowed_token_ids = Some(tokens.into_iter().collect());
         self
     }
 

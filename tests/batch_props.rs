@@ -71,7 +71,7 @@ fn reference_update(
             return None;
         }
         let forced = if check_params {
-            normalised(&a.params.forced_tokens.as_ref().map(|t| t.to_vec()))?
+            normalised(&a.params.allowed_token_ids.as_ref().map(|t| t.to_vec()))?
         } else {
             None
         };
@@ -161,10 +161,10 @@ fn engine_update(rows: &Rows, step: &Step) -> Option<BatchUpdate> {
         };
         live[row] = true;
         let params = match forced {
-            Some(t) => RequestParams::new().with_forced_tokens(t.iter().copied()),
+            Some(t) => RequestParams::new().with_allowed_token_ids(t.iter().copied()),
             None => RequestParams::new(),
         };
-        b.add(row, Arc::new(params), None, Default::default());
+        b.add(row, Arc::new(params));
     }
     // Condense: fill holes below the end with the last occupied rows.
     let mut end = n;
@@ -187,7 +187,7 @@ fn engine_update(rows: &Rows, step: &Step) -> Option<BatchUpdate> {
             b.swap(x.index(batch_size), y.index(batch_size));
         }
     }
-    let mut upd = b.build(batch_size);
+    let mut upd = b.build(batch_size).cloned();
     if step.unchanged {
         return None;
     }
@@ -215,13 +215,9 @@ fn corrupt(u: &mut BatchUpdate, kind: u8, x: usize, y: usize) {
         }),
         4 => {
             let row = u.added.first().map_or(x, |a| a.row);
-            let p = RequestParams::new().with_forced_tokens([y as u32]);
-            u.added.push(logits_processors::AddedRequest {
-                row,
-                params: Arc::new(p),
-                prompt_token_ids: None,
-                output_token_ids: Default::default(),
-            });
+            let p = RequestParams::new().with_allowed_token_ids([y as u32]);
+            u.added
+                .push(logits_processors::AddedRequest::new(row, Arc::new(p)));
         }
         5 => {
             if let Some(&r) = u.removed.first() {
@@ -231,13 +227,9 @@ fn corrupt(u: &mut BatchUpdate, kind: u8, x: usize, y: usize) {
             }
         }
         6 => {
-            let p = RequestParams::new().with_forced_tokens([(VOCAB + y) as u32]);
-            u.added.push(logits_processors::AddedRequest {
-                row: x,
-                params: Arc::new(p),
-                prompt_token_ids: None,
-                output_token_ids: Default::default(),
-            });
+            let p = RequestParams::new().with_allowed_token_ids([(VOCAB + y) as u32]);
+            u.added
+                .push(logits_processors::AddedRequest::new(x, Arc::new(p)));
         }
         _ => u.batch_size = u.batch_size.wrapping_sub(1).min(CAPACITY + 1),
     }
@@ -337,12 +329,14 @@ proptest! {
     ) {
         let dtype = [DType::F32, DType::F16, DType::BF16][dtype_ix];
         let mode = if mask_mode { AllowedMode::Mask } else { AllowedMode::Boost(2.5) };
-        let config = ProcessorConfig::new(CAPACITY, VOCAB, Device::Cpu).unwrap();
+        let config = ProcessorConfig::builder().max_batch_size(CAPACITY).vocab_size(VOCAB).device(Device::Cpu).build().unwrap();
         let mut force = ForceToken::with_max_tokens(&config, MAX_TOKENS).unwrap();
         let mut allow = AllowedIds::new(&config, allowed.iter().copied(), mode).unwrap();
-        let mut pipe = Pipeline::new(&config)
+        let mut pipe = Pipeline::builder(&config)
             .with(ForceToken::with_max_tokens(&config, MAX_TOKENS).unwrap())
-            .with(AllowedIds::new(&config, allowed.iter().copied(), mode).unwrap());
+            .with(AllowedIds::new(&config, allowed.iter().copied(), mode).unwrap())
+            .build()
+            .unwrap();
         let mut rows: Rows = vec![None; CAPACITY];
         // AllowedIds reads no parameters, so it may accept what ForceToken rejects.
         let mut rows_a: Rows = vec![None; CAPACITY];

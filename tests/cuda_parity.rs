@@ -53,7 +53,12 @@ fn build(
     gpu: &Device,
 ) -> [Box<dyn LogitsProcessor>; 2] {
     [Device::Cpu, gpu.clone()].map(|device| {
-        let cfg = ProcessorConfig::new(cap, vocab, device).unwrap();
+        let cfg = ProcessorConfig::builder()
+            .max_batch_size(cap)
+            .vocab_size(vocab)
+            .device(device)
+            .build()
+            .unwrap();
         let force = || ForceToken::with_max_tokens(&cfg, max_tokens).unwrap();
         let ids = allowed.iter().copied();
         let boosted = || AllowedIds::new(&cfg, ids.clone(), AllowedMode::Boost(boost)).unwrap();
@@ -62,9 +67,27 @@ fn build(
             Kind::Force => Box::new(force()),
             Kind::AllowedBoost => Box::new(boosted()),
             Kind::AllowedMask => Box::new(masked()),
-            Kind::ForceThenBoost => Box::new(Pipeline::new(&cfg).with(force()).with(boosted())),
-            Kind::ForceThenMask => Box::new(Pipeline::new(&cfg).with(force()).with(masked())),
-            Kind::MaskThenForce => Box::new(Pipeline::new(&cfg).with(masked()).with(force())),
+            Kind::ForceThenBoost => Box::new(
+                Pipeline::builder(&cfg)
+                    .with(force())
+                    .with(boosted())
+                    .build()
+                    .unwrap(),
+            ),
+            Kind::ForceThenMask => Box::new(
+                Pipeline::builder(&cfg)
+                    .with(force())
+                    .with(masked())
+                    .build()
+                    .unwrap(),
+            ),
+            Kind::MaskThenForce => Box::new(
+                Pipeline::builder(&cfg)
+                    .with(masked())
+                    .with(force())
+                    .build()
+                    .unwrap(),
+            ),
         };
         p
     })
@@ -124,9 +147,9 @@ fn random_step(
         };
         let mut params = RequestParams::new();
         if let Some(t) = &tokens {
-            params = params.with_forced_tokens(t.iter().copied());
+            params = params.with_allowed_token_ids(t.iter().copied());
         }
-        b.add(row, Arc::new(params), None, Default::default());
+        b.add(row, Arc::new(params));
         occupied[row] = true;
         state[row] = Some(tokens.map(|mut t| {
             t.sort_unstable();
@@ -153,7 +176,7 @@ fn random_step(
     for (r, slot) in forced.iter_mut().enumerate() {
         *slot = state[r].clone().flatten();
     }
-    (b.build(n), n)
+    (b.build(n).cloned(), n)
 }
 
 /// Random logits with NaN, ±inf, huge values (that a boost rounds to inf in f16) and
@@ -340,20 +363,27 @@ fn unchanged_steps_need_no_upload_and_give_the_same_logits() {
     // uploaded asynchronously the step before.
     let gpu = cuda();
     let vocab = 151_936;
-    let cfg = ProcessorConfig::new(256, vocab, gpu.clone()).unwrap();
-    let mut p = Pipeline::new(&cfg)
+    let cfg = ProcessorConfig::builder()
+        .max_batch_size(256)
+        .vocab_size(vocab)
+        .device(gpu.clone())
+        .build()
+        .unwrap();
+    let mut p = Pipeline::builder(&cfg)
         .with(ForceToken::new(&cfg).unwrap())
-        .with(AllowedIds::new(&cfg, [32, 33, 48_731], AllowedMode::Boost(100.0)).unwrap());
+        .with(AllowedIds::new(&cfg, [32, 33, 48_731], AllowedMode::Boost(100.0)).unwrap())
+        .build()
+        .unwrap();
     let mut b = BatchUpdateBuilder::new();
     for row in 0..256 {
         let params = if row % 3 == 0 {
             RequestParams::new()
         } else {
-            RequestParams::new().with_forced_tokens([32, 33, 48_731, row as u32])
+            RequestParams::new().with_allowed_token_ids([32, 33, 48_731, row as u32])
         };
-        b.add(row, Arc::new(params), None, Default::default());
+        b.add(row, Arc::new(params));
     }
-    p.update_state(b.build(256).as_ref()).unwrap();
+    p.update_state(b.build(256)).unwrap();
     for _ in 0..3 {
         let logits = Tensor::ones((256, vocab), DType::BF16, &gpu).unwrap();
         p.apply(&logits).unwrap();

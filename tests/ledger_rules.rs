@@ -4,21 +4,23 @@
 use std::sync::Arc;
 
 use logits_processors::{
-    AddedRequest, BatchUpdate, BatchUpdateBuilder, Error, MoveDirectionality, MovedRequest,
-    RequestParams, RowLedger,
+    AddedRequest, BatchUpdate, BatchUpdateBuilder, Error, ExtraArg, MoveDirectionality,
+    MovedRequest, ParamsError, RequestParams, RowLedger, UpdateError,
 };
 
+fn params(tag: u32) -> Arc<RequestParams> {
+    Arc::new(RequestParams::new().with_extra("tag", ExtraArg::Int(tag.into())))
+}
+
 fn added(row: usize, tag: u32) -> AddedRequest {
-    AddedRequest {
-        row,
-        params: Arc::new(RequestParams::new().with_forced_tokens([tag])),
-        prompt_token_ids: None,
-        output_token_ids: Default::default(),
-    }
+    AddedRequest::new(row, params(tag))
 }
 
 fn tag_of(a: &AddedRequest) -> logits_processors::Result<Option<u32>> {
-    Ok(a.params.forced_tokens.as_ref().map(|t| t[0]))
+    Ok(match a.params.extra.get("tag") {
+        Some(ExtraArg::Int(t)) => Some(*t as u32),
+        _ => None,
+    })
 }
 
 /// A ledger of capacity 4 holding tags 10, 11, 12 in rows 0..3.
@@ -46,14 +48,17 @@ fn moved(from: usize, to: usize, direction: MoveDirectionality) -> MovedRequest 
 }
 
 /// Applies `u` to a fresh `three()` ledger, expects an error, and checks nothing changed.
-fn rejects(u: BatchUpdate) -> Error {
+fn rejects(u: BatchUpdate) -> UpdateError {
     let mut l = three();
     let before = snapshot(&l);
     let err = l.apply(Some(&u), tag_of).unwrap_err();
     assert_eq!(snapshot(&l), before, "a rejected update changed the ledger");
     // The ledger still accepts a valid update afterwards.
     l.apply(Some(&BatchUpdate::new(3)), tag_of).unwrap();
-    err
+    match err {
+        Error::Update(e) => e,
+        other => panic!("not an update error: {other}"),
+    }
 }
 
 #[test]
@@ -61,7 +66,7 @@ fn batch_size_over_capacity() {
     let err = rejects(BatchUpdate::new(5));
     assert!(matches!(
         err,
-        Error::BatchSizeOverCapacity {
+        UpdateError::BatchSizeOverCapacity {
             batch_size: 5,
             capacity: 4
         }
@@ -74,7 +79,7 @@ fn rows_out_of_range() {
     u.removed.push(4);
     assert!(matches!(
         rejects(u),
-        Error::RowOutOfRange {
+        UpdateError::RowOutOfRange {
             what: "removed",
             row: 4,
             ..
@@ -84,7 +89,7 @@ fn rows_out_of_range() {
     u.added.push(added(9, 1));
     assert!(matches!(
         rejects(u),
-        Error::RowOutOfRange {
+        UpdateError::RowOutOfRange {
             what: "added",
             row: 9,
             ..
@@ -95,7 +100,7 @@ fn rows_out_of_range() {
         .push(moved(0, 7, MoveDirectionality::Unidirectional));
     assert!(matches!(
         rejects(u),
-        Error::RowOutOfRange {
+        UpdateError::RowOutOfRange {
             what: "moved",
             row: 7,
             ..
@@ -107,17 +112,20 @@ fn rows_out_of_range() {
 fn removed_twice_and_removed_empty() {
     let mut u = BatchUpdate::new(2);
     u.removed.extend([2, 2]);
-    assert!(matches!(rejects(u), Error::RemovedTwice { row: 2 }));
+    assert!(matches!(rejects(u), UpdateError::RemovedTwice { row: 2 }));
     let mut u = BatchUpdate::new(3);
     u.removed.push(3);
-    assert!(matches!(rejects(u), Error::RemovedEmptyRow { row: 3 }));
+    assert!(matches!(
+        rejects(u),
+        UpdateError::RemovedEmptyRow { row: 3 }
+    ));
 }
 
 #[test]
 fn added_twice() {
     let mut u = BatchUpdate::new(4);
     u.added.extend([added(3, 1), added(3, 2)]);
-    assert!(matches!(rejects(u), Error::AddedTwice { row: 3 }));
+    assert!(matches!(rejects(u), UpdateError::AddedTwice { row: 3 }));
 }
 
 #[test]
@@ -127,13 +135,13 @@ fn move_and_swap_from_empty_rows() {
         .push(moved(3, 0, MoveDirectionality::Unidirectional));
     assert!(matches!(
         rejects(u),
-        Error::MoveFromEmptyRow { from: 3, to: 0 }
+        UpdateError::MoveFromEmptyRow { from: 3, to: 0 }
     ));
     let mut u = BatchUpdate::new(3);
     u.moved.push(moved(1, 3, MoveDirectionality::Swap));
     assert!(matches!(
         rejects(u),
-        Error::SwapWithEmptyRow { empty: 3, .. }
+        UpdateError::SwapWithEmptyRow { empty: 3, .. }
     ));
     // A row emptied by an earlier move in the same update is empty for later moves.
     let mut u = BatchUpdate::new(3);
@@ -144,7 +152,7 @@ fn move_and_swap_from_empty_rows() {
         .push(moved(2, 1, MoveDirectionality::Unidirectional));
     assert!(matches!(
         rejects(u),
-        Error::MoveFromEmptyRow { from: 2, to: 1 }
+        UpdateError::MoveFromEmptyRow { from: 2, to: 1 }
     ));
 }
 
@@ -155,7 +163,7 @@ fn rows_must_end_contiguous() {
     u.removed.push(1);
     assert!(matches!(
         rejects(u),
-        Error::RowsNotContiguous {
+        UpdateError::RowsNotContiguous {
             batch_size: 2,
             occupied: 2,
             stray_row: Some(2)
@@ -164,7 +172,7 @@ fn rows_must_end_contiguous() {
     // batch_size that disagrees with the rows in use.
     assert!(matches!(
         rejects(BatchUpdate::new(2)),
-        Error::RowsNotContiguous {
+        UpdateError::RowsNotContiguous {
             occupied: 3,
             stray_row: Some(2),
             ..
@@ -172,7 +180,7 @@ fn rows_must_end_contiguous() {
     ));
     assert!(matches!(
         rejects(BatchUpdate::new(4)),
-        Error::RowsNotContiguous { occupied: 3, .. }
+        UpdateError::RowsNotContiguous { occupied: 3, .. }
     ));
 }
 
@@ -186,16 +194,11 @@ fn vllm_style_step_is_accepted() {
     b.remove(1);
     let row = b.pop_removed().unwrap();
     assert_eq!(row, 0);
-    b.add(
-        row,
-        Arc::new(RequestParams::new().with_forced_tokens([13])),
-        None,
-        Default::default(),
-    );
+    b.add(row, params(13));
     b.move_request(2, 1);
     let u = b.build(2).unwrap();
     assert_eq!(&u.removed[..], &[1]);
-    l.apply(Some(&u), tag_of).unwrap();
+    l.apply(Some(u), tag_of).unwrap();
     assert_eq!(
         snapshot(&l),
         (
@@ -250,16 +253,17 @@ fn state_errors_reject_the_whole_update() {
     let err = l
         .apply(Some(&u), |a| {
             if a.row == 3 {
-                Err(Error::InvalidParams {
+                Err(ParamsError::Rejected {
                     processor: "test",
                     reason: "no".into(),
-                })
+                }
+                .into())
             } else {
                 tag_of(a)
             }
         })
         .unwrap_err();
-    assert!(matches!(err, Error::InvalidParams { .. }));
+    assert!(matches!(err, Error::Params(ParamsError::Rejected { .. })));
     assert_eq!(snapshot(&l), before);
 }
 
@@ -275,4 +279,10 @@ fn builder_reports_nothing_when_nothing_changed() {
     let u = b.build(1).unwrap();
     assert_eq!(&u.removed[..], &[7, 5]);
     assert!(!b.has_changes());
+    // The next step starts empty, and reuses the lists.
+    b.add(0, params(1));
+    let u = b.build(1).unwrap();
+    assert!(u.removed.is_empty());
+    assert_eq!(u.added.len(), 1);
+    assert!(b.pop_removed().is_none());
 }

@@ -37,7 +37,7 @@ use anyhow::{ensure, Result};
 use candle_core::{DType, Tensor, D};
 use clap::{Parser, ValueEnum};
 use logits_processors::{
-    BatchUpdateBuilder, ForceToken, LogitsProcessor, OutputTokens, ProcessorConfig, RequestParams,
+    BatchUpdateBuilder, ForceToken, LogitsProcessor, ProcessorConfig, RequestParams,
 };
 
 use qwen2_prefill::Qwen2;
@@ -175,13 +175,13 @@ fn run(cli: Cli) -> Result<Summary> {
 
     // The engine: one processor for the whole run, told at every step how the batch changed.
     let entries = &inputs.entries;
-    let processor_config = ProcessorConfig::new(
-        cli.max_batch_rows,
-        model.config().vocab_size,
-        device.clone(),
-    )?;
+    let processor_config = ProcessorConfig::builder()
+        .max_batch_size(cli.max_batch_rows)
+        .vocab_size(model.config().vocab_size)
+        .device(device.clone())
+        .build()?;
     let mut force = ForceToken::new(&processor_config)?;
-    let params = Arc::new(RequestParams::new().with_forced_tokens(choices));
+    let params = Arc::new(RequestParams::new().with_allowed_token_ids(choices));
     force.validate_params(&params)?; // every request asks for the same three tokens
     let choice_columns = Tensor::new(&choices[..], &device)?;
     let mut changes = BatchUpdateBuilder::new();
@@ -207,15 +207,13 @@ fn run(cli: Cli) -> Result<Summary> {
         let mut at_row = vec![0; n]; // entry of each row
         for (k, &e) in batch.entries.iter().enumerate() {
             let row = changes.pop_removed().unwrap_or(k);
-            changes.add(
-                row,
-                params.clone(),
-                entries[e].prompt.clone(),
-                OutputTokens::new(),
-            );
+            let added = changes.add(row, params.clone());
+            if let Some(prompt) = &entries[e].prompt {
+                added.with_prompt(prompt.clone());
+            }
             at_row[row] = e;
         }
-        force.update_state(changes.build(n).as_ref())?;
+        force.update_state(changes.build(n))?;
         in_batch = n;
 
         // Forward pass, then the mask, in place: only A, B and tie keep their logits.

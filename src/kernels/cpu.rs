@@ -3,8 +3,8 @@
 
 use half::{bf16, f16};
 
+use super::IdsMode;
 use super::MaskOp;
-use crate::allowed_ids::AllowedMode;
 
 /// A logit element type.
 pub(crate) trait Logit: Copy {
@@ -56,10 +56,10 @@ pub(crate) fn mask<E: Logit>(op: &MaskOp<'_>, logits: &mut [E]) {
             (None, None) => {}
             (Some(keep), None) => keep_only(row, keep.iter().copied()),
             (Some(keep), Some(a)) => match a.mode {
-                AllowedMode::Mask => {
+                IdsMode::Mask => {
                     keep_only(row, keep.iter().copied().filter(|&t| a.contains(t)));
                 }
-                AllowedMode::Boost(boost) => {
+                IdsMode::Boost(boost) => {
                     keep_only(row, keep.iter().copied());
                     for &t in keep.iter().filter(|&&t| a.contains(t)) {
                         row[t as usize] = row[t as usize].add(boost);
@@ -67,8 +67,8 @@ pub(crate) fn mask<E: Logit>(op: &MaskOp<'_>, logits: &mut [E]) {
                 }
             },
             (None, Some(a)) => match a.mode {
-                AllowedMode::Mask => keep_only(row, a.ids().iter().copied()),
-                AllowedMode::Boost(boost) => {
+                IdsMode::Mask => keep_only(row, a.ids().iter().copied()),
+                IdsMode::Boost(boost) => {
                     for &t in a.ids() {
                         row[t as usize] = row[t as usize].add(boost);
                     }

@@ -13,8 +13,8 @@ use candle_core::Layout;
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 
+use super::IdsMode;
 use super::MaskOp;
-use crate::allowed_ids::AllowedMode;
 
 const SOURCE: &str = include_str!("mask.cu");
 
@@ -31,7 +31,7 @@ const MODE_NONE: i32 = 0;
 const MODE_BOOST: i32 = 1;
 const MODE_MASK: i32 = 2;
 
-/// A `u32` buffer on a CUDA device: the device side of a [`RowTable`](crate::table::RowTable).
+/// A `u32` buffer on a CUDA device: the device side of a [`RowTable`](super::table::RowTable).
 pub(crate) struct DeviceU32 {
     slice: CudaSlice<u32>,
     stream: Arc<CudaStream>,
@@ -204,7 +204,7 @@ fn launch(
 }
 
 /// The device side of a processor's table.
-fn device_table(t: &crate::table::RowTable) -> candle_core::Result<&DeviceU32> {
+fn device_table(t: &super::table::RowTable) -> candle_core::Result<&DeviceU32> {
     t.cuda().ok_or_else(|| {
         candle_core::Error::Msg("processor state is not on the CUDA device of the logits".into())
     })
@@ -241,8 +241,8 @@ pub(crate) fn mask(
     };
     let (mode, mut boost) = match op.allowed.map(|a| a.mode) {
         None => (MODE_NONE, 0f32),
-        Some(AllowedMode::Boost(b)) => (MODE_BOOST, b),
-        Some(AllowedMode::Mask) => (MODE_MASK, 0f32),
+        Some(IdsMode::Boost(b)) => (MODE_BOOST, b),
+        Some(IdsMode::Mask) => (MODE_MASK, 0f32),
     };
     let n_ids = op.allowed.map_or(0, |a| a.n_ids);
     if force.is_none() && mode == MODE_BOOST && n_ids == 0 {

@@ -1,36 +1,46 @@
-//! The one masking kernel behind every built-in processor.
+//! The bottom layer: device-resident tables and the in-place kernels over the logits.
 //!
-//! ForceToken and AllowedIds both reduce to "per row, send every logit outside a keep-set to
-//! −inf, and optionally add a boost to some ids". [`apply_mask`] does that for any mix of the
-//! two in one pass over the logits, in place: on the CPU with [`cpu`], on CUDA with one fused
-//! kernel launch (`cuda`, behind the `cuda` feature). Because the two effects commute, a
-//! [`Pipeline`](crate::Pipeline) may fuse a ForceToken and an AllowedIds in either order.
+//! This layer imports nothing above it: it knows tables of `u32`, logits of f32/f16/bf16 and
+//! the ops below, not processors, requests or pipelines.
+//!
+//! [`MaskOp`] is "per row, send every logit outside a keep-set to −inf, and optionally add a
+//! boost to some ids", for a per-row keep-set table and a global id set, in one pass over the
+//! logits, in place: on the CPU with [`cpu`], on CUDA with one fused kernel launch (`cuda`,
+//! behind the `cuda` feature). The two effects commute, so their order does not matter.
 
-use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor};
-
-use crate::allowed_ids::AllowedMode;
-use crate::error::Result;
-use crate::table::RowTable;
+use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Tensor};
 
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+pub(crate) mod table;
 
-/// ForceToken's state: `table` rows are `[count, id_0, …, id_{count-1}, …]`, ids sorted and
+use table::RowTable;
+
+/// What the global id set does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum IdsMode {
+    /// Add this value to the listed ids' logits.
+    Boost(f32),
+    /// Send every logit not listed to −inf.
+    Mask,
+}
+
+/// A per-row keep-set: `table` rows are `[count, id_0, …, id_{count-1}, …]`, ids sorted and
 /// distinct; `count == 0` leaves the row untouched.
 #[derive(Clone, Copy)]
 pub(crate) struct ForceSpec<'a> {
     pub(crate) table: &'a RowTable,
 }
 
-/// AllowedIds' state: the sorted distinct `ids`, the same set as a `bits` mask over the
+/// A global id set: the sorted distinct `ids`, the same set as a `bits` mask over the
 /// vocabulary (bit `t % 32` of word `t / 32`), and the mode.
 #[derive(Clone, Copy)]
 pub(crate) struct AllowedSpec<'a> {
     pub(crate) ids: &'a RowTable,
     pub(crate) n_ids: usize,
     pub(crate) bits: &'a RowTable,
-    pub(crate) mode: AllowedMode,
+    pub(crate) mode: IdsMode,
 }
 
 impl<'a> AllowedSpec<'a> {
@@ -44,17 +54,7 @@ impl<'a> AllowedSpec<'a> {
     }
 }
 
-/// What a built-in processor contributes to a fused kernel (see
-/// [`LogitsProcessor::fusion_part`](crate::LogitsProcessor::fusion_part)). Opaque.
-pub struct FusionPart<'a>(pub(crate) Part<'a>);
-
-#[derive(Clone, Copy)]
-pub(crate) enum Part<'a> {
-    Force(ForceSpec<'a>),
-    Allowed(AllowedSpec<'a>),
-}
-
-/// The fused effect of at most one ForceToken and one AllowedIds on rows `0..batch`.
+/// The fused effect of at most one keep-set table and one global id set on rows `0..batch`.
 #[derive(Clone, Copy)]
 pub(crate) struct MaskOp<'a> {
     pub(crate) batch: usize,
@@ -70,8 +70,7 @@ impl MaskOp<'_> {
         if self.batch == 0 || (self.force.is_none() && self.allowed.is_none()) {
             return Ok(());
         }
-        logits.inplace_op1(self)?;
-        Ok(())
+        logits.inplace_op1(self)
     }
 }
 

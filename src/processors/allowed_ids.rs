@@ -3,12 +3,14 @@
 use candle_core::Tensor;
 
 use crate::batch::BatchUpdate;
-use crate::error::{Error, Result};
-use crate::kernels::{AllowedSpec, FusionPart, MaskOp, Part};
+use crate::config::ProcessorConfig;
+use crate::error::{ConfigError, Result};
+use crate::kernels::table::RowTable;
+use crate::kernels::{AllowedSpec, IdsMode, MaskOp};
 use crate::ledger::RowLedger;
 use crate::params::RequestParams;
-use crate::processor::{LogitsProcessor, ProcessorConfig};
-use crate::table::RowTable;
+use crate::pipeline::stage::{Builtin, Part};
+use crate::processor::LogitsProcessor;
 
 /// What [`AllowedIds`] does to its ids.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -22,6 +24,11 @@ pub enum AllowedMode {
 /// Applies one global list of token ids to every row of the batch: either a boost added to
 /// their logits ([`AllowedMode::Boost`]) or a mask that leaves only them
 /// ([`AllowedMode::Mask`]).
+///
+/// `AllowedIds` reads no request parameters. In boost mode it is a **global logit bias** (the
+/// same `{id: boost}` for every request; per-request biases are vLLM's `logit_bias`). In mask
+/// mode it is a global allow-list; the per-request allow-list, vLLM's `allowed_token_ids`, is
+/// [`ForceToken`](crate::ForceToken).
 ///
 /// # State and cost
 ///
@@ -37,11 +44,11 @@ pub enum AllowedMode {
 /// use candle_core::{Device, Tensor};
 /// use logits_processors::{AllowedIds, AllowedMode, BatchUpdate, LogitsProcessor, ProcessorConfig};
 ///
-/// let config = ProcessorConfig::new(4, 4, Device::Cpu)?;
+/// let config = ProcessorConfig::builder().max_batch_size(4).vocab_size(4).build()?;
 /// let mut boost = AllowedIds::new(&config, [2], AllowedMode::Boost(100.0))?;
 /// let mut b = logits_processors::BatchUpdateBuilder::new();
-/// b.add(0, Arc::new(Default::default()), None, Default::default());
-/// boost.update_state(b.build(1).as_ref())?;
+/// b.add(0, Arc::new(Default::default()));
+/// boost.update_state(b.build(1))?;
 /// let logits = Tensor::new(&[[1f32, 2., 3., 4.]], &Device::Cpu)?;
 /// boost.apply(&logits)?;
 /// assert_eq!(logits.to_vec2::<f32>()?, [[1., 2., 103., 4.]]);
@@ -62,9 +69,9 @@ impl AllowedIds {
     ///
     /// # Errors
     ///
-    /// [`Error::TokenOutOfVocab`] for an id outside the vocabulary; [`Error::EmptyTokenSet`] for
-    /// an empty list in mask mode (it would mask everything); [`Error::Config`] for a
-    /// non-finite boost; a device error while uploading the ids.
+    /// [`ConfigError::TokenOutOfVocab`] for an id outside the vocabulary;
+    /// [`ConfigError::EmptyTokenSet`] for an empty list in mask mode (it would mask everything);
+    /// [`ConfigError::NotFinite`] for a non-finite boost; a device error while uploading.
     pub fn new(
         config: &ProcessorConfig,
         ids: impl IntoIterator<Item = u32>,
@@ -72,18 +79,30 @@ impl AllowedIds {
     ) -> Result<Self> {
         let mut ids: Vec<u32> = ids.into_iter().collect();
         for &t in &ids {
-            config.check_token(t)?;
+            if t as usize >= config.vocab_size() {
+                return Err(ConfigError::TokenOutOfVocab {
+                    what: "AllowedIds",
+                    token: t,
+                    vocab_size: config.vocab_size(),
+                }
+                .into());
+            }
         }
         ids.sort_unstable();
         ids.dedup();
         match mode {
             AllowedMode::Mask if ids.is_empty() => {
-                return Err(Error::EmptyTokenSet {
+                return Err(ConfigError::EmptyTokenSet {
                     what: "AllowedIds in mask mode",
-                })
+                }
+                .into())
             }
             AllowedMode::Boost(b) if !b.is_finite() => {
-                return Err(Error::Config(format!("AllowedIds boost {b} is not finite")))
+                return Err(ConfigError::NotFinite {
+                    what: "AllowedIds boost",
+                    value: b,
+                }
+                .into())
             }
             _ => {}
         }
@@ -121,7 +140,10 @@ impl AllowedIds {
             ids: &self.ids,
             n_ids: self.n_ids,
             bits: &self.bits,
-            mode: self.mode,
+            mode: match self.mode {
+                AllowedMode::Boost(b) => IdsMode::Boost(b),
+                AllowedMode::Mask => IdsMode::Mask,
+            },
         }
     }
 }
@@ -148,14 +170,25 @@ impl LogitsProcessor for AllowedIds {
             force: None,
             allowed: Some(self.spec()),
         }
-        .run(logits)
+        .run(logits)?;
+        Ok(())
     }
 
     fn is_argmax_invariant(&self) -> bool {
         false
     }
+}
 
-    fn fusion_part(&self) -> Option<FusionPart<'_>> {
-        Some(FusionPart(Part::Allowed(self.spec())))
+impl Builtin for AllowedIds {
+    fn config(&self) -> &ProcessorConfig {
+        &self.config
+    }
+
+    fn batch_size(&self) -> usize {
+        self.ledger.batch_size()
+    }
+
+    fn part(&self) -> Part<'_> {
+        Part::Ids(self.spec())
     }
 }

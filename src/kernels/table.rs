@@ -6,7 +6,7 @@
 
 use candle_core::Device;
 
-use crate::error::Result;
+use candle_core::Result;
 
 /// `rows × width` `u32`s in row-major order, on the host and (for CUDA) on the device.
 #[derive(Debug)]
@@ -16,7 +16,7 @@ pub(crate) struct RowTable {
     /// Rows `lo..hi` differ between host and device.
     dirty: Option<(usize, usize)>,
     #[cfg(feature = "cuda")]
-    cuda: Option<crate::kernels::cuda::DeviceU32>,
+    cuda: Option<super::cuda::DeviceU32>,
 }
 
 impl RowTable {
@@ -25,7 +25,7 @@ impl RowTable {
         let host = vec![0u32; rows * width];
         #[cfg(feature = "cuda")]
         let cuda = match device {
-            Device::Cuda(dev) => Some(crate::kernels::cuda::DeviceU32::from_host(dev, &host)?),
+            Device::Cuda(dev) => Some(super::cuda::DeviceU32::from_host(dev, &host)?),
             _ => None,
         };
         #[cfg(not(feature = "cuda"))]
@@ -83,7 +83,7 @@ impl RowTable {
     }
 
     #[cfg(feature = "cuda")]
-    pub(crate) fn cuda(&self) -> Option<&crate::kernels::cuda::DeviceU32> {
+    pub(crate) fn cuda(&self) -> Option<&super::cuda::DeviceU32> {
         self.cuda.as_ref()
     }
 }

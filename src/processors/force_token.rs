@@ -1,23 +1,29 @@
-//! [`ForceToken`]: per request, only a given set of token ids survives.
+//! [`ForceToken`]: per request, only a given set of token ids survives (vLLM's
+//! `allowed_token_ids`).
 
 use candle_core::Tensor;
 use smallvec::SmallVec;
 
 use crate::batch::BatchUpdate;
-use crate::error::{Error, Result};
-use crate::kernels::{ForceSpec, FusionPart, MaskOp, Part};
+use crate::config::ProcessorConfig;
+use crate::error::{ConfigError, ParamsError, Result};
+use crate::kernels::table::RowTable;
+use crate::kernels::{ForceSpec, MaskOp};
 use crate::ledger::RowLedger;
 use crate::params::RequestParams;
-use crate::processor::{LogitsProcessor, ProcessorConfig};
-use crate::table::RowTable;
+use crate::pipeline::stage::{Builtin, Part};
+use crate::processor::LogitsProcessor;
 
 /// A request's forced token set: sorted, distinct.
 type TokenSet = SmallVec<[u32; 8]>;
 
-/// Keeps, in the row of each request that sets
-/// [`RequestParams::forced_tokens`], only the logits of those tokens; every other logit of the
-/// row becomes −inf. Kept logits are unchanged (NaN and −inf included); rows of requests
-/// without `forced_tokens` are untouched.
+/// vLLM's per-request `allowed_token_ids`: keeps, in the row of each request that sets
+/// [`RequestParams::allowed_token_ids`], only the logits of those tokens; every other logit of
+/// the row becomes −inf. Kept logits are unchanged (NaN and −inf included); rows of requests
+/// without `allowed_token_ids` are untouched.
+///
+/// (For one id list applied to *every* row, as a boost or a mask, see
+/// [`AllowedIds`](crate::AllowedIds).)
 ///
 /// # State and cost
 ///
@@ -34,12 +40,12 @@ type TokenSet = SmallVec<[u32; 8]>;
 /// use candle_core::{Device, Tensor};
 /// use logits_processors::{BatchUpdateBuilder, ForceToken, LogitsProcessor, ProcessorConfig, RequestParams};
 ///
-/// let config = ProcessorConfig::new(8, 5, Device::Cpu)?;
+/// let config = ProcessorConfig::builder().max_batch_size(8).vocab_size(5).build()?;
 /// let mut force = ForceToken::new(&config)?;
 /// let mut b = BatchUpdateBuilder::new();
-/// b.add(0, Arc::new(RequestParams::new().with_forced_tokens([1, 3])), None, Default::default());
-/// b.add(1, Arc::new(RequestParams::new()), None, Default::default());
-/// force.update_state(b.build(2).as_ref())?;
+/// b.add(0, Arc::new(RequestParams::new().with_allowed_token_ids([1, 3])));
+/// b.add(1, Arc::new(RequestParams::new()));
+/// force.update_state(b.build(2))?;
 ///
 /// let logits = Tensor::new(&[[0f32, 1., 2., 3., 4.], [0., 1., 2., 3., 4.]], &Device::Cpu)?;
 /// force.apply(&logits)?;
@@ -74,10 +80,13 @@ impl ForceToken {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if `max_tokens` is 0; a device error while allocating.
+    /// [`ConfigError::Zero`] if `max_tokens` is 0; a device error while allocating.
     pub fn with_max_tokens(config: &ProcessorConfig, max_tokens: usize) -> Result<Self> {
         if max_tokens == 0 {
-            return Err(Error::Config("ForceToken needs max_tokens >= 1".into()));
+            return Err(ConfigError::Zero {
+                what: "ForceToken max_tokens",
+            }
+            .into());
         }
         Ok(Self {
             config: config.clone(),
@@ -103,35 +112,34 @@ impl ForceToken {
     }
 }
 
+const PARAM: &str = "allowed_token_ids";
+
 /// A request's forced set, normalised, or `None` if it sets none.
 fn token_set(
     config: &ProcessorConfig,
     max_tokens: usize,
     params: &RequestParams,
-) -> Result<Option<TokenSet>> {
-    {
-        let Some(tokens) = &params.forced_tokens else {
-            return Ok(None);
-        };
-        if tokens.is_empty() {
-            return Err(Error::EmptyTokenSet {
-                what: "ForceToken forced_tokens",
-            });
-        }
-        for &t in tokens {
-            config.check_token(t)?;
-        }
-        let mut set: TokenSet = tokens.iter().copied().collect();
-        set.sort_unstable();
-        set.dedup();
-        if set.len() > max_tokens {
-            return Err(Error::TooManyTokens {
-                len: set.len(),
-                max: max_tokens,
-            });
-        }
-        Ok(Some(set))
+) -> Result<Option<TokenSet>, ParamsError> {
+    let Some(tokens) = &params.allowed_token_ids else {
+        return Ok(None);
+    };
+    if tokens.is_empty() {
+        return Err(ParamsError::EmptyTokenSet { param: PARAM });
     }
+    for &t in tokens {
+        config.check_token(PARAM, t)?;
+    }
+    let mut set: TokenSet = tokens.iter().copied().collect();
+    set.sort_unstable();
+    set.dedup();
+    if set.len() > max_tokens {
+        return Err(ParamsError::TooManyTokens {
+            param: PARAM,
+            len: set.len(),
+            max: max_tokens,
+        });
+    }
+    Ok(Some(set))
 }
 
 impl LogitsProcessor for ForceToken {
@@ -141,15 +149,18 @@ impl LogitsProcessor for ForceToken {
 
     /// # Errors
     ///
-    /// [`Error::EmptyTokenSet`], [`Error::TokenOutOfVocab`] or [`Error::TooManyTokens`].
+    /// [`ParamsError::EmptyTokenSet`], [`ParamsError::TokenOutOfVocab`] or
+    /// [`ParamsError::TooManyTokens`].
     fn validate_params(&self, params: &RequestParams) -> Result<()> {
-        token_set(&self.config, self.max_tokens, params).map(|_| ())
+        token_set(&self.config, self.max_tokens, params)?;
+        Ok(())
     }
 
     fn update_state(&mut self, update: Option<&BatchUpdate>) -> Result<()> {
         let (config, max_tokens) = (&self.config, self.max_tokens);
-        self.ledger
-            .apply(update, |added| token_set(config, max_tokens, &added.params))?;
+        self.ledger.apply(update, |added| {
+            Ok(token_set(config, max_tokens, &added.params)?)
+        })?;
         for &row in self.ledger.touched() {
             let entry = self.table.row_mut(row);
             match self.ledger.get(row) {
@@ -160,7 +171,7 @@ impl LogitsProcessor for ForceToken {
                 None => entry[0] = 0,
             }
         }
-        self.table.sync()
+        Ok(self.table.sync()?)
     }
 
     fn apply(&mut self, logits: &Tensor) -> Result<()> {
@@ -171,14 +182,25 @@ impl LogitsProcessor for ForceToken {
             force: Some(ForceSpec { table: &self.table }),
             allowed: None,
         }
-        .run(logits)
+        .run(logits)?;
+        Ok(())
     }
 
     fn is_argmax_invariant(&self) -> bool {
         false
     }
+}
 
-    fn fusion_part(&self) -> Option<FusionPart<'_>> {
-        Some(FusionPart(Part::Force(ForceSpec { table: &self.table })))
+impl Builtin for ForceToken {
+    fn config(&self) -> &ProcessorConfig {
+        &self.config
+    }
+
+    fn batch_size(&self) -> usize {
+        self.ledger.batch_size()
+    }
+
+    fn part(&self) -> Part<'_> {
+        Part::Keep(ForceSpec { table: &self.table })
     }
 }

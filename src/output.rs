@@ -1,0 +1,229 @@
+//! A request's output tokens, shared between the engine (which appends and rolls back) and the
+//! processors (which follow them incrementally).
+//!
+//! [`OutputTokens`] is the engine's handle: [`push`](OutputTokens::push),
+//! [`extend`](OutputTokens::extend) and, for speculative decoding that rejects draft tokens,
+//! [`truncate`](OutputTokens::truncate). A processor that reads output tokens opens an
+//! [`OutputCursor`] on the handle and calls [`sync`](OutputCursor::sync) once per step: it
+//! receives exactly the tokens rolled back and the tokens appended since its last sync, so
+//! state derived from the tokens (penalty counts, a bad-words tail) is updated from the step's
+//! changes, never recomputed from the whole history.
+//!
+//! No lock guard leaves this module: every method takes the handle's lock for a copy and
+//! releases it before returning or calling back, so an engine may append from inside a
+//! cursor's callback without deadlock.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Debug, Default)]
+struct Shared {
+    tokens: Vec<u32>,
+    /// Per cursor: the lowest length the list was truncated to since the cursor's last sync
+    /// (`usize::MAX` when not truncated), or `None` for a free slot.
+    cursors: Vec<Option<usize>>,
+}
+
+/// A request's generated tokens: a cheap-to-clone handle (one reference count) that the engine
+/// appends to and rolls back, and that processors follow through [`OutputCursor`]s.
+///
+/// This is vLLM's "reference to the running output list", made safe to roll back.
+///
+/// # Example
+///
+/// ```
+/// use logits_processors::{OutputChange, OutputTokens};
+///
+/// let out = OutputTokens::new();
+/// let mut cursor = out.cursor();
+/// out.extend(&[5, 6, 7]);          // a speculative step proposes three tokens
+/// out.truncate(1);                 // the verifier keeps only the first
+/// out.push(9);
+/// let mut changes = Vec::new();
+/// cursor.sync(|c| changes.push(c));
+/// assert_eq!(changes, [OutputChange::Appended(5), OutputChange::Appended(9)]);
+/// assert_eq!(cursor.tokens(), [5, 9]);
+///
+/// out.truncate(0);
+/// changes.clear();
+/// cursor.sync(|c| changes.push(c));
+/// assert_eq!(changes, [OutputChange::Removed(9), OutputChange::Removed(5)]);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct OutputTokens(Arc<Mutex<Shared>>);
+
+impl OutputTokens {
+    /// An empty list.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        lock(&self.0)
+    }
+
+    /// Appends a generated token. O(1) amortised.
+    pub fn push(&self, token: u32) {
+        self.lock().tokens.push(token);
+    }
+
+    /// Appends several generated tokens.
+    pub fn extend(&self, tokens: &[u32]) {
+        self.lock().tokens.extend_from_slice(tokens);
+    }
+
+    /// Keeps the first `len` tokens and drops the rest (speculative decoding rejecting draft
+    /// tokens). Does nothing if `len` is not below the current length. Cursors report the
+    /// dropped tokens as [`OutputChange::Removed`] at their next sync.
+    pub fn truncate(&self, len: usize) {
+        let mut s = self.lock();
+        if len >= s.tokens.len() {
+            return;
+        }
+        s.tokens.truncate(len);
+        for low in s.cursors.iter_mut().flatten() {
+            *low = (*low).min(len);
+        }
+    }
+
+    /// Number of tokens generated so far.
+    pub fn len(&self) -> usize {
+        self.lock().tokens.len()
+    }
+
+    /// Whether no token has been generated yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The last token, if any.
+    pub fn last(&self) -> Option<u32> {
+        self.lock().tokens.last().copied()
+    }
+
+    /// A copy of the tokens generated so far. Allocates; see [`copy_into`](Self::copy_into).
+    pub fn to_vec(&self) -> Vec<u32> {
+        self.lock().tokens.clone()
+    }
+
+    /// Replaces the contents of `out` with the tokens generated so far (no allocation once
+    /// `out` is large enough).
+    pub fn copy_into(&self, out: &mut Vec<u32>) {
+        out.clear();
+        out.extend_from_slice(&self.lock().tokens);
+    }
+
+    /// A cursor that has seen nothing yet: its first [`sync`](OutputCursor::sync) reports every
+    /// token present as appended.
+    pub fn cursor(&self) -> OutputCursor {
+        let mut s = self.lock();
+        let slot = match s.cursors.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                s.cursors.push(None);
+                s.cursors.len() - 1
+            }
+        };
+        s.cursors[slot] = Some(usize::MAX);
+        OutputCursor {
+            shared: self.0.clone(),
+            slot,
+            tokens: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Whether `self` and `other` are handles to the same list.
+    pub fn same_list(&self, other: &OutputTokens) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl From<Vec<u32>> for OutputTokens {
+    fn from(tokens: Vec<u32>) -> Self {
+        Self(Arc::new(Mutex::new(Shared {
+            tokens,
+            cursors: Vec::new(),
+        })))
+    }
+}
+
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One change to a request's output tokens, as an [`OutputCursor`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutputChange {
+    /// The token was rolled back (reported last-first).
+    Removed(u32),
+    /// The token was appended (reported in order).
+    Appended(u32),
+}
+
+/// A reader's position in an [`OutputTokens`] list, with its own copy of the tokens it has
+/// seen.
+///
+/// Each [`sync`](Self::sync) reports what changed since the previous one: the tokens rolled
+/// back by [`OutputTokens::truncate`] (from the cursor's copy) and the tokens appended. Its
+/// cost is O(changes), whatever the length of the list.
+#[derive(Debug)]
+pub struct OutputCursor {
+    shared: Arc<Mutex<Shared>>,
+    slot: usize,
+    tokens: Vec<u32>,
+    scratch: Vec<u32>,
+}
+
+impl OutputCursor {
+    /// Brings the cursor up to date, calling `on_change` for every token rolled back
+    /// (last-first) and then every token appended since the last sync. The list's lock is held
+    /// only while copying the new tokens, never while `on_change` runs.
+    ///
+    /// Returns the number of changes reported.
+    pub fn sync(&mut self, mut on_change: impl FnMut(OutputChange)) -> usize {
+        self.scratch.clear();
+        let kept = {
+            let mut s = lock(&self.shared);
+            let low = s.cursors[self.slot]
+                .replace(usize::MAX)
+                .unwrap_or(usize::MAX);
+            let kept = self.tokens.len().min(low).min(s.tokens.len());
+            self.scratch.extend_from_slice(&s.tokens[kept..]);
+            kept
+        };
+        let removed = self.tokens.len() - kept;
+        while self.tokens.len() > kept {
+            let t = self.tokens.pop().expect("len > kept");
+            on_change(OutputChange::Removed(t));
+        }
+        for &t in &self.scratch {
+            self.tokens.push(t);
+            on_change(OutputChange::Appended(t));
+        }
+        removed + self.scratch.len()
+    }
+
+    /// The tokens as of the last [`sync`](Self::sync).
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// How many tokens the cursor has seen (as of the last sync).
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether the cursor has seen no token.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+impl Drop for OutputCursor {
+    fn drop(&mut self) {
+        let mut s = lock(&self.shared);
+        if let Some(c) = s.cursors.get_mut(self.slot) {
+            *c = None;
+        }
+    }
+}
