@@ -18,6 +18,8 @@ pub struct Entry {
     pub label: Option<usize>,
     /// The prompt's token ids; `None` for a malformed row, which is predicted uniform.
     pub prompt: Option<Arc<[u32]>>,
+    /// Whether the prompt was cut to fit `--max-model-len`.
+    pub truncated: bool,
 }
 
 /// The rows of one input file, ready for the model.
@@ -88,10 +90,12 @@ pub fn load_inputs(
     let mut truncated = 0;
     let mut entries = Vec::with_capacity(kept.len());
     for (id, label, row) in kept {
+        let mut cut = false;
         let prompt = match row.map(|_| encoded.next().expect("one encoding per row")) {
             None => None,
             Some(Ok(p)) => {
                 truncated += usize::from(p.truncated);
+                cut = p.truncated;
                 Some(Arc::from(p.ids))
             }
             Some(Err(e)) => {
@@ -103,7 +107,12 @@ pub fn load_inputs(
                 None
             }
         };
-        entries.push(Entry { id, label, prompt });
+        entries.push(Entry {
+            id,
+            label,
+            prompt,
+            truncated: cut,
+        });
     }
     Ok(Inputs {
         entries,

@@ -17,6 +17,7 @@
 
 mod checkpoint;
 mod data;
+mod dump;
 mod files;
 mod inputs;
 mod metrics;
@@ -91,6 +92,10 @@ struct Cli {
     /// Run on the CPU even when CUDA is available
     #[arg(long)]
     cpu: bool,
+    /// Also write what the model sees to FILE, one JSON line per row: id, batch, position,
+    /// tokens, truncated, prompt (decoded ids), token_ids
+    #[arg(long, value_name = "FILE")]
+    dump_prompts: Option<std::path::PathBuf>,
 }
 
 /// `--layout`.
@@ -157,6 +162,13 @@ fn run(cli: Cli) -> Result<Summary> {
         cli.max_batch_rows,
         model.packs_rows(),
     );
+    if let Some(path) = &cli.dump_prompts {
+        dump::write_prompts(path, &inputs.entries, &plan, &tokenizer)?;
+        println!(
+            "prompts, token ids and batch plan written to {}",
+            path.display()
+        );
+    }
     // First-use costs (kernel compilation, buffers, cuBLAS) before the clock starts.
     let warming = Instant::now();
     let largest = plan.iter().map(|b| b.tokens).max().unwrap_or(1);

@@ -281,12 +281,6 @@ impl PromptEncoder {
         self.max_model_len - 1
     }
 
-    /// Number of tokens of the template itself (everything but the three sections' text).
-    #[cfg(test)]
-    pub fn template_tokens(&self) -> usize {
-        self.overhead
-    }
-
     /// The smallest `max_model_len` this layout accepts: the template with every section cut to
     /// its mark, plus the generated token.
     #[cfg(test)]

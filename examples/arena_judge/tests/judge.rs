@@ -269,3 +269,78 @@ fn bad_inputs_fail_naming_the_path() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn dump_prompts_holds_the_ids_and_batches_the_model_ran() {
+    let (dir, model) = tiny_model();
+    let out = dir.path().join("submission.csv");
+    let dump = dir.path().join("prompts.jsonl");
+    let data = data_dir().join("train_first100.csv");
+    judge_ok(&[
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--validate",
+        "12",
+        "--max-model-len",
+        "300",
+        "--max-batch-rows",
+        "5",
+        "--dump-prompts",
+        s(&dump),
+    ]);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&dump)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<u64> = csv_rows(&data).iter().take(12).map(|r| r.0).collect();
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| l["id"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        ids,
+        "one line per row, in input order"
+    );
+    let tok = tokenizers::Tokenizer::from_file(model.join("tokenizer.json")).unwrap();
+    let mut batches: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut truncated = 0;
+    for l in &lines {
+        let token_ids: Vec<u32> = l["token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(l["tokens"].as_u64().unwrap() as usize, token_ids.len());
+        assert!(token_ids.len() < 300, "prompt + answer fit --max-model-len");
+        // The text is the decoded ids, chat template included.
+        let prompt = l["prompt"].as_str().unwrap();
+        assert!(prompt.starts_with("<|im_start|>system\n"), "{prompt:?}");
+        assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt:?}");
+        assert_eq!(tok.decode(&token_ids, false).unwrap(), prompt);
+        truncated += usize::from(l["truncated"].as_bool().unwrap());
+        batches
+            .entry(l["batch"].as_u64().unwrap())
+            .or_default()
+            .push(token_ids.len());
+    }
+    assert!(
+        truncated > 0,
+        "some of these rows need cutting at 300 tokens"
+    );
+    // The plan: at most 5 rows per batch, shortest first, batches in ascending length.
+    let mut order: Vec<_> = batches.into_iter().collect();
+    order.sort();
+    assert_eq!(order.iter().map(|b| b.1.len()).sum::<usize>(), 12);
+    let mut last = 0;
+    for (_, lens) in &order {
+        assert!(lens.len() <= 5);
+        assert!(lens.iter().all(|&l| l >= last));
+        last = *lens.iter().max().unwrap();
+    }
+}
