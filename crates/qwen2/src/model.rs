@@ -246,9 +246,9 @@ impl Qwen2 {
     /// # Errors
     /// Device memory runs out, or a kernel cannot be compiled.
     pub fn prepare(&self, tokens: usize, rows: usize) -> Result<()> {
-        let (tokens, rows) = (tokens.max(1), rows.max(1));
         #[cfg(feature = "cuda")]
         if let Some(f) = &self.fused {
+            let (tokens, rows) = (tokens.max(1), rows.max(1));
             f.reserve(tokens, rows)?;
             let len = (tokens / rows).clamp(1, self.cfg.max_position_embeddings);
             let row = vec![0u32; len];
@@ -258,6 +258,7 @@ impl Qwen2 {
             self.device.synchronize()?;
             return Ok(());
         }
+        let _ = (tokens, rows); // the candle path allocates per batch
         self.last_logits(&[&[0u32]])?;
         self.device.synchronize()?;
         Ok(())

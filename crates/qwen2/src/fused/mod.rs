@@ -153,11 +153,11 @@ pub(crate) fn supported(shape: &Shape, device: &Device, dtype: DType) -> Result<
         shape.head_dim
     );
     ensure!(
-        shape.hidden % 8 == 0 && shape.intermediate % 8 == 0,
+        shape.hidden.is_multiple_of(8) && shape.intermediate.is_multiple_of(8),
         "hidden and intermediate sizes must be multiples of 8"
     );
     ensure!(
-        shape.heads % shape.kv_heads == 0,
+        shape.kv_heads > 0 && shape.heads.is_multiple_of(shape.kv_heads),
         "heads not a multiple of kv heads"
     );
     let cc = kernels::compute_cap(dev)?;
