@@ -267,7 +267,7 @@ impl Fused {
         let (hidden, inter, hd) = (s.hidden, s.intermediate, s.head_dim);
         let attn_width = s.heads * hd;
         let qkv_width = s.qkv_width();
-        let p = work.ptrs();
+        let p = work.ptrs()?;
         let mat = |ptr: u64, ld: usize| Mat { ptr, elem: e, ld };
         // SAFETY: every buffer was sized by `reserve` for `t` tokens and `b` rows, the weights
         // live as long as `self`, and every launch and product is queued on candle's one stream,

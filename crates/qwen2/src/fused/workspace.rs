@@ -151,15 +151,19 @@ impl Workspace {
     }
 
     /// The buffers' device addresses.
-    pub(crate) fn ptrs(&self) -> Ptrs {
-        let stream = self.stream.as_ref().expect("reserved before use");
-        let halves = self.halves.as_ref().expect("reserved before use");
-        let words = self.words.as_ref().expect("reserved before use");
+    ///
+    /// # Errors
+    /// The workspace was never reserved.
+    pub(crate) fn ptrs(&self) -> Result<Ptrs> {
+        let (Some(stream), Some(halves), Some(words)) = (&self.stream, &self.halves, &self.words)
+        else {
+            anyhow::bail!("workspace not reserved");
+        };
         let hb = halves.device_ptr(stream).0;
         let wb = words.device_ptr(stream).0;
         let h = |i: usize| hb + 2 * self.offsets[i] as u64;
         let w = |o: usize| wb + 4 * o as u64;
-        Ptrs {
+        Ok(Ptrs {
             x: h(0),
             h: h(1),
             big: h(2),
@@ -169,6 +173,6 @@ impl Workspace {
             cu: w(self.meta[1]),
             last: w(self.meta[2]),
             tiles: w(self.meta[3]),
-        }
+        })
     }
 }
