@@ -285,8 +285,8 @@ impl Qwen2 {
     /// On the candle path rows are right-padded to the longest one; padded keys are never
     /// attended and each row's positions run `0..len`, so a row's logits do not depend on the
     /// other rows of the batch. On the fused path rows are packed back to back (no padding) and
-    /// the call only queues work on the device: no host synchronisation, no allocation but the
-    /// logits (after [`Qwen2::prepare`] or an earlier batch as large).
+    /// the call only queues work on the device: no host synchronisation, no device allocation but
+    /// the logits (after [`Qwen2::prepare`] or an earlier batch as large).
     pub fn last_logits(&self, rows: &[&[u32]]) -> Result<Tensor> {
         ensure!(!rows.is_empty(), "last_logits needs at least one row");
         let lens: Vec<usize> = rows.iter().map(|r| r.len()).collect();
