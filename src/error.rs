@@ -5,6 +5,7 @@
 //! | variant | who must act | inner type |
 //! | --- | --- | --- |
 //! | [`Error::Update`] | the engine: its batch bookkeeping is broken (a bug) | [`UpdateError`] |
+//! | [`Error::Batch`] | the engine: it misused a [`PersistentBatch`](crate::PersistentBatch) (unknown or duplicate id, full batch) | [`BatchError`] |
 //! | [`Error::Params`] | the client: a request asks for something unusable | [`ParamsError`] |
 //! | [`Error::Logits`] | the caller of `apply`: wrong shape, dtype, layout or device | [`LogitsError`] |
 //! | [`Error::Config`] | whoever builds the processors | [`ConfigError`] |
@@ -26,6 +27,10 @@ pub enum Error {
     /// The engine's [`BatchUpdate`](crate::BatchUpdate) breaks a rule of [`crate::ledger`].
     #[error("invalid batch update (an engine bookkeeping bug): {0}")]
     Update(#[from] UpdateError),
+    /// The engine asked a [`PersistentBatch`](crate::PersistentBatch) for something it cannot
+    /// do (an unknown or duplicate request id, a full batch, an add after a reorder).
+    #[error("persistent batch: {0}")]
+    Batch(#[from] BatchError),
     /// A request's [`RequestParams`](crate::RequestParams) cannot be served.
     #[error("request rejected: {0}")]
     Params(#[from] ParamsError),
@@ -113,16 +118,48 @@ pub enum UpdateError {
         /// An occupied row at or beyond `batch_size`, if one was found.
         stray_row: Option<usize>,
     },
-    /// A request's output tokens hold an id outside the vocabulary (the engine appended a token
-    /// the model cannot produce).
-    #[error("row {row}: output token {token} is out of range for a vocabulary of {vocab_size}")]
-    OutputTokenOutOfVocab {
-        /// The request's row.
+}
+
+/// A call to a [`PersistentBatch`](crate::PersistentBatch) that it refused: the engine's
+/// mistake. The batch is unchanged.
+///
+/// Request ids are shown with their `Debug` form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// The id names no request in the batch.
+    #[error("request {id} is not in the batch")]
+    UnknownRequest {
+        /// The id, as `Debug` prints it.
+        id: String,
+    },
+    /// The id is already in the batch.
+    #[error("request {id} is already in the batch")]
+    DuplicateRequest {
+        /// The id, as `Debug` prints it.
+        id: String,
+    },
+    /// Every row is taken.
+    #[error("the batch is full: all {capacity} rows hold requests")]
+    Full {
+        /// The capacity.
+        capacity: usize,
+    },
+    /// A row index at or beyond the batch size.
+    #[error("row {row} is out of range: the batch holds {batch_size} requests")]
+    RowOutOfRange {
+        /// The offending row.
         row: usize,
-        /// The offending id.
-        token: u32,
-        /// The vocabulary size.
-        vocab_size: usize,
+        /// The number of requests in the batch.
+        batch_size: usize,
+    },
+    /// A removal or an addition after the step's rows were reordered: within a step, removals
+    /// and additions come first, then swaps (vLLM's order), so that the step's update can
+    /// report them.
+    #[error("{op} after a swap in the same step: remove and add first, then reorder (or start the next step)")]
+    AfterReorder {
+        /// `"add"` or `"remove"`.
+        op: &'static str,
     },
 }
 
@@ -146,16 +183,6 @@ pub enum ParamsError {
         /// The parameter.
         param: &'static str,
     },
-    /// More distinct tokens than the processor was built for.
-    #[error("{param}: {len} distinct tokens requested, at most {max} allowed")]
-    TooManyTokens {
-        /// The parameter.
-        param: &'static str,
-        /// Distinct tokens requested.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
     /// A numeric parameter outside its valid range.
     #[error("{param} = {value} is invalid: {expected}")]
     OutOfRange {
@@ -165,6 +192,17 @@ pub enum ParamsError {
         value: f64,
         /// What is accepted, in words.
         expected: &'static str,
+    },
+    /// An object in [`RequestParams::objects`](crate::RequestParams::objects) is not of the
+    /// type a processor reads it as.
+    #[error("object {name:?} is a {found}, but a {expected} was expected")]
+    ObjectType {
+        /// The object's name.
+        name: String,
+        /// The type asked for.
+        expected: &'static str,
+        /// The type stored.
+        found: &'static str,
     },
     /// A custom processor rejected the request's parameters.
     #[error("{processor}: {reason}")]
@@ -209,6 +247,31 @@ pub enum LogitsError {
         "logits must be contiguous (row-major) to be processed in place; call .contiguous() first"
     )]
     NotContiguous,
+    /// A grammar bitmask of the wrong size.
+    #[error("the token bitmask has shape {shape:?}, expected [{batch_size}, {words_per_row}] (batch_size, ceil(vocab / 32))")]
+    BitmaskShape {
+        /// The shape received (a host slice: its length).
+        shape: Vec<usize>,
+        /// The current batch size.
+        batch_size: usize,
+        /// `ceil(vocab / 32)`.
+        words_per_row: usize,
+    },
+    /// A grammar bitmask given for a row not in the batch.
+    #[error("the token bitmask names row {row}, but the batch has {batch_size} rows")]
+    BitmaskRow {
+        /// The offending row.
+        row: usize,
+        /// The current batch size.
+        batch_size: usize,
+    },
+    /// Logits that a CPU-only helper ([`for_each_row_mut`](crate::for_each_row_mut)) was given
+    /// on another device.
+    #[error("logits are on {got:?}, but this needs them on the CPU")]
+    NotOnCpu {
+        /// The logits' device.
+        got: DeviceLocation,
+    },
     /// Logits on another device than the processor's state.
     #[error("logits are on {got:?} but the processor's state lives on {expected:?}")]
     DeviceMismatch {

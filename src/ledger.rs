@@ -185,6 +185,25 @@ impl<T> RowLedger<T> {
         }
     }
 
+    /// The processor state of the request at `row`, mutably.
+    pub fn get_mut(&mut self, row: usize) -> Option<&mut T> {
+        match self.slots.get_mut(row) {
+            Some(Slot::Occupied(Some(t))) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Rows `0..batch_size` with the state of each, mutably.
+    pub fn rows_mut(&mut self) -> impl Iterator<Item = (usize, Option<&mut T>)> + '_ {
+        self.slots[..self.batch_size]
+            .iter_mut()
+            .enumerate()
+            .map(|(i, s)| match s {
+                Slot::Occupied(t) => (i, t.as_mut()),
+                Slot::Empty => (i, None),
+            })
+    }
+
     /// Rows `0..batch_size` with the state of each (`None` for requests without one).
     pub fn rows(&self) -> impl Iterator<Item = (usize, Option<&T>)> + '_ {
         self.slots[..self.batch_size]

@@ -13,14 +13,25 @@
 //!   ([`AllowedMode::Boost`]) or a global allow-list ([`AllowedMode::Mask`]);
 //! - [`Pipeline`]: several processors fed as one, fusing the built-ins into one pass.
 //!
-//! Write your own by implementing [`LogitsProcessor`], keeping per-row state in a
-//! [`RowLedger`], and run it in a pipeline with [`Stage::custom`].
+//! An engine keeps its requests on rows with a [`PersistentBatch`], keyed by its own request
+//! ids: it says which requests leave, join or reorder, and the batch picks the rows (vLLM's
+//! policy) and writes each step's [`BatchUpdate`], so that no move goes unreported.
+//!
+//! Write your own processor by implementing [`LogitsProcessor`], keeping per-row state in a
+//! [`RowLedger`], and run it in a pipeline with [`Stage::custom`]. A request can hand it shared
+//! objects of any type ([`RequestParams::with_object`]: a grammar matcher, a compiled regex),
+//! and on the CPU [`for_each_row_mut`] gives each row as a plain `&mut [f32]` (or f16/bf16).
+//!
+//! `apply` writes the logits' storage in place, and candle's clones and views share it: keep
+//! raw logits (for logprobs) with `logits.copy()?` before `apply`.
 //!
 //! # An engine loop
 //!
+//! A runnable, complete loop over a toy model is `examples/engine_loop.rs`; its core:
+//!
 //! ```
 //! use std::sync::Arc;
-//! use candle_core::{Device, Tensor};
+//! use candle_core::{DType, Device, Tensor, D};
 //! use logits_processors::*;
 //!
 //! let config = ProcessorConfig::builder().max_batch_size(64).vocab_size(8).build()?;
@@ -28,29 +39,31 @@
 //!     .with(ForceToken::new(&config)?)
 //!     .with(AllowedIds::new(&config, [5], AllowedMode::Boost(100.0))?)
 //!     .build()?;
-//! let mut changes = BatchUpdateBuilder::new();
+//! let mut batch = PersistentBatch::<&str>::new(config.max_batch_size());
 //!
-//! // step 1: two requests arrive; the first may only answer token 1 or 2
+//! // step 1: two requests arrive; "x" may only answer token 1 or 2
 //! let params = RequestParams::new().with_allowed_token_ids([1, 2]);
 //! processors.validate_params(&params)?; // reject bad requests before admitting them
-//! changes.add(0, Arc::new(params));
-//! changes.add(1, Arc::new(RequestParams::new()));
-//! processors.update_state(changes.build(2))?;
-//! let logits = Tensor::zeros((2, 8), candle_core::DType::F32, &Device::Cpu)?;
+//! batch.add("x", Arc::new(params))?;
+//! batch.add("y", Arc::new(RequestParams::new()))?;
+//! processors.update_state(batch.step())?;
+//! let logits = Tensor::zeros((batch.len(), 8), DType::F32, &Device::Cpu)?;
 //! processors.apply(&logits)?; // in place
 //! let rows = logits.to_vec2::<f32>()?;
-//! assert_eq!(rows[0].iter().filter(|x| x.is_finite()).count(), 2);
-//! assert_eq!(rows[1][5], 100.0);
+//! assert_eq!(rows[batch.row_of(&"x").unwrap()].iter().filter(|x| x.is_finite()).count(), 2);
+//! assert_eq!(rows[batch.row_of(&"y").unwrap()][5], 100.0);
 //!
-//! // step 2: request 0 finishes; request 1 moves into its row
-//! changes.remove(0);
-//! changes.move_request(1, 0);
-//! processors.update_state(changes.build(1))?;
-//! let logits = Tensor::zeros((1, 8), candle_core::DType::F32, &Device::Cpu)?;
+//! // step 2: "x" finishes; "y" is moved into its row, and the move is reported
+//! batch.remove(&"x")?;
+//! processors.update_state(batch.step())?;
+//! assert_eq!(batch.row_of(&"y"), Some(0));
+//! let logits = Tensor::zeros((batch.len(), 8), DType::F32, &Device::Cpu)?;
 //! processors.apply(&logits)?;
+//! assert_eq!(logits.argmax(D::Minus1)?.to_vec1::<u32>()?, [5]);
 //!
 //! // step 3: nothing changed
-//! processors.update_state(changes.build(1))?; // None
+//! assert!(batch.step().is_none());
+//! processors.update_state(None)?;
 //! # Ok::<(), logits_processors::Error>(())
 //! ```
 //!
@@ -71,21 +84,30 @@ pub use candle_core;
 
 mod batch;
 mod config;
+mod cpu_rows;
 mod error;
 mod kernels;
 pub mod ledger;
+mod objects;
 mod output;
 mod params;
+mod persistent_batch;
 mod pipeline;
 mod processor;
 mod processors;
 
 pub use batch::{AddedRequest, BatchUpdate, BatchUpdateBuilder, MoveDirectionality, MovedRequest};
 pub use config::{ProcessorConfig, ProcessorConfigBuilder};
-pub use error::{ConfigError, Error, LogitsError, ParamsError, Result, UpdateError};
+pub use cpu_rows::{for_each_row_mut, RowMut};
+pub use error::{BatchError, ConfigError, Error, LogitsError, ParamsError, Result, UpdateError};
 pub use ledger::RowLedger;
+pub use objects::RequestObjects;
 pub use output::{OutputChange, OutputCursor, OutputTokens};
 pub use params::{ExtraArg, RequestParams};
+pub use persistent_batch::PersistentBatch;
 pub use pipeline::{Pipeline, PipelineBuilder, Stage};
 pub use processor::LogitsProcessor;
-pub use processors::{AllowedIds, AllowedMode, ForceToken};
+pub use processors::{
+    AllowedIds, AllowedMode, BadWords, ForceToken, LogitBias, MinP, MinTokens, Penalties,
+    Temperature, TokenBitmask,
+};

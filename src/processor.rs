@@ -40,8 +40,8 @@ use crate::params::RequestParams;
 /// ```
 /// use candle_core::{Device, Tensor};
 /// use logits_processors::{
-///     BatchUpdate, ExtraArg, LogitsProcessor, ParamsError, ProcessorConfig, RequestParams, Result,
-///     RowLedger,
+///     for_each_row_mut, BatchUpdate, ExtraArg, LogitsProcessor, ParamsError, ProcessorConfig,
+///     RequestParams, Result, RowLedger,
 /// };
 ///
 /// /// Scales each opted-in request's row by a factor from `extra["scale"]`.
@@ -73,15 +73,15 @@ use crate::params::RequestParams;
 ///     fn update_state(&mut self, update: Option<&BatchUpdate>) -> Result<()> {
 ///         self.ledger.apply(update, |added| Self::factor(&added.params))
 ///     }
+///     /// CPU only: each row as a plain slice (a GPU version would be a candle `InplaceOp1`).
 ///     fn apply(&mut self, logits: &Tensor) -> Result<()> {
 ///         self.config.check_logits(logits, self.ledger.batch_size())?;
-///         for (row, factor) in self.ledger.rows() {
-///             if let Some(f) = factor {
-///                 let scaled = (logits.get(row)? * *f)?.unsqueeze(0)?;
-///                 logits.slice_set(&scaled, 0, row)?;
+///         let ledger = &self.ledger;
+///         for_each_row_mut(logits, |row, mut logits| {
+///             if let Some(f) = ledger.get(row) {
+///                 logits.map(|_token, x| (x as f64 * f) as f32);
 ///             }
-///         }
-///         Ok(())
+///         })
 ///     }
 ///     fn is_argmax_invariant(&self) -> bool { false }
 /// }
@@ -118,6 +118,15 @@ pub trait LogitsProcessor: Send {
     fn update_state(&mut self, update: Option<&BatchUpdate>) -> Result<()>;
 
     /// Shapes `logits` (`[batch_size, vocab]`, contiguous) in place.
+    ///
+    /// # Aliases see the change
+    ///
+    /// "In place" means in the tensor's *storage*, which candle shares between a tensor and
+    /// every clone or view of it: `logits.clone()`, `logits.contiguous()` of a contiguous
+    /// tensor, `logits.to_dtype(d)` to its own dtype, `narrow`/`get`/`i` views. A clone kept to
+    /// compute raw logprobs after `apply` is therefore changed too. To keep the raw logits, take
+    /// a real copy first: `let raw = logits.copy()?;` (one device-to-device copy; or any op
+    /// that writes a new tensor, such as `log_softmax`), then `apply` to `logits`.
     ///
     /// # Errors
     ///

@@ -19,7 +19,6 @@ use proptest::sample::Index;
 
 const CAPACITY: usize = 8;
 const VOCAB: usize = 37; // a multiple of nothing useful
-const MAX_TOKENS: usize = 4;
 
 /// A request as the reference model sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,9 +36,7 @@ fn normalised(forced: &Option<Vec<u32>>) -> Option<Option<Vec<u32>>> {
         return Some(None);
     };
     let set: BTreeSet<u32> = tokens.iter().copied().collect();
-    let valid = !tokens.is_empty()
-        && tokens.iter().all(|&t| (t as usize) < VOCAB)
-        && set.len() <= MAX_TOKENS;
+    let valid = !tokens.is_empty() && tokens.iter().all(|&t| (t as usize) < VOCAB);
     valid.then(|| Some(set.into_iter().collect()))
 }
 
@@ -330,10 +327,10 @@ proptest! {
         let dtype = [DType::F32, DType::F16, DType::BF16][dtype_ix];
         let mode = if mask_mode { AllowedMode::Mask } else { AllowedMode::Boost(2.5) };
         let config = ProcessorConfig::builder().max_batch_size(CAPACITY).vocab_size(VOCAB).device(Device::Cpu).build().unwrap();
-        let mut force = ForceToken::with_max_tokens(&config, MAX_TOKENS).unwrap();
+        let mut force = ForceToken::new(&config).unwrap();
         let mut allow = AllowedIds::new(&config, allowed.iter().copied(), mode).unwrap();
         let mut pipe = Pipeline::builder(&config)
-            .with(ForceToken::with_max_tokens(&config, MAX_TOKENS).unwrap())
+            .with(ForceToken::new(&config).unwrap())
             .with(AllowedIds::new(&config, allowed.iter().copied(), mode).unwrap())
             .build()
             .unwrap();
@@ -357,7 +354,7 @@ proptest! {
             };
             let before_batch = force.batch_size();
             let before: Vec<Option<Vec<u32>>> =
-                (0..CAPACITY).map(|r| force.forced_tokens(r).map(<[u32]>::to_vec)).collect();
+                (0..CAPACITY).map(|r| force.allowed_token_ids(r).map(<[u32]>::to_vec)).collect();
 
             let results = [
                 force.update_state(upd.as_ref()).is_ok(),
@@ -380,7 +377,7 @@ proptest! {
                     // Unchanged state.
                     prop_assert_eq!(force.batch_size(), before_batch);
                     let after: Vec<Option<Vec<u32>>> =
-                        (0..CAPACITY).map(|r| force.forced_tokens(r).map(<[u32]>::to_vec)).collect();
+                        (0..CAPACITY).map(|r| force.allowed_token_ids(r).map(<[u32]>::to_vec)).collect();
                     prop_assert_eq!(&after, &before);
                 }
             }
@@ -391,7 +388,7 @@ proptest! {
             prop_assert_eq!(pipe.batch_size(), batch);
             for r in 0..CAPACITY {
                 let want = rows[r].as_ref().and_then(|q| q.forced.clone());
-                prop_assert_eq!(force.forced_tokens(r).map(<[u32]>::to_vec), want, "row {}", r);
+                prop_assert_eq!(force.allowed_token_ids(r).map(<[u32]>::to_vec), want, "row {}", r);
             }
 
             let cases: [(&mut dyn LogitsProcessor, &Rows, bool, Option<(&[u32], AllowedMode)>); 3] = [

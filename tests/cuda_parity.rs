@@ -59,7 +59,7 @@ fn build(
             .device(device)
             .build()
             .unwrap();
-        let force = || ForceToken::with_max_tokens(&cfg, max_tokens).unwrap();
+        let force = || ForceToken::new(&cfg).unwrap();
         let ids = allowed.iter().copied();
         let boosted = || AllowedIds::new(&cfg, ids.clone(), AllowedMode::Boost(boost)).unwrap();
         let masked = || AllowedIds::new(&cfg, ids.clone(), AllowedMode::Mask).unwrap();

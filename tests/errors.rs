@@ -89,8 +89,11 @@ fn bad_configs_are_errors() {
         Err(Error::Config(ConfigError::NotFinite { .. }))
     ));
     assert!(matches!(
-        ForceToken::with_max_tokens(&c, 0),
-        Err(Error::Config(ConfigError::Zero { .. }))
+        MinTokens::new(&c, [10]),
+        Err(Error::Config(ConfigError::TokenOutOfVocab {
+            token: 10,
+            ..
+        }))
     ));
 }
 

@@ -30,14 +30,14 @@ fn force_token_keeps_only_the_set_in_every_dtype() {
             vec![f32::NAN, NEG, NEG, NEG, NEG, NEG],
         ];
         assert!(same(&read(&t), &want), "{dtype:?}: {:?}", read(&t));
-        assert_eq!(p.forced_tokens(0), Some(&[1, 4][..]));
+        assert_eq!(p.allowed_token_ids(0), Some(&[1, 4][..]));
     }
 }
 
 #[test]
 fn bad_params_are_rejected_up_front_and_in_updates() {
-    let mut p = ForceToken::with_max_tokens(&config(4, 10), 2).unwrap();
-    let cases: [(RequestParams, fn(&Error) -> bool); 3] = [
+    let mut p = ForceToken::new(&config(4, 10)).unwrap();
+    let cases: [(RequestParams, fn(&Error) -> bool); 2] = [
         (RequestParams::new().with_allowed_token_ids([10]), |e| {
             matches!(
                 e,
@@ -51,15 +51,6 @@ fn bad_params_are_rejected_up_front_and_in_updates() {
         (RequestParams::new().with_allowed_token_ids([]), |e| {
             matches!(e, Error::Params(ParamsError::EmptyTokenSet { .. }))
         }),
-        (
-            RequestParams::new().with_allowed_token_ids([1, 2, 3, 2]),
-            |e| {
-                matches!(
-                    e,
-                    Error::Params(ParamsError::TooManyTokens { len: 3, max: 2, .. })
-                )
-            },
-        ),
     ];
     for (params, is_expected) in cases {
         assert!(is_expected(&p.validate_params(&params).unwrap_err()));
@@ -68,7 +59,7 @@ fn bad_params_are_rejected_up_front_and_in_updates() {
         assert!(is_expected(&p.update_state(Some(&u)).unwrap_err()));
         assert_eq!(p.batch_size(), 0);
     }
-    // Duplicates do not count against the limit.
+    // Duplicates are fine.
     p.validate_params(&RequestParams::new().with_allowed_token_ids([3, 3, 3, 4]))
         .unwrap();
 }
@@ -83,4 +74,33 @@ fn empty_batch_and_vocab_of_one() {
     let t = logits(&[&[7.]], DType::BF16);
     p.apply(&t).unwrap();
     assert_eq!(read(&t), vec![vec![7.]]);
+}
+
+/// Regression of the old 16-id cap: any set size, small sets as lists and large ones as
+/// bitmask rows, in the same batch.
+#[test]
+fn sets_of_any_size_small_and_large() {
+    let vocab = 300;
+    for dtype in DTYPES {
+        let mut p = ForceToken::new(&config(3, vocab)).unwrap();
+        let big: Vec<u32> = (0..vocab as u32).filter(|t| t % 3 != 0).collect();
+        let small: Vec<u32> = vec![7, 299];
+        admit(&mut p, &[Some(&big), Some(&small), None]).unwrap();
+        let row: Vec<f32> = (0..vocab).map(|t| t as f32).collect();
+        let t = logits(&[&row, &row, &row], dtype);
+        p.apply(&t).unwrap();
+        let got = read(&t);
+        let want_row = |keep: &dyn Fn(usize) -> bool| -> Vec<f32> {
+            let r = logits(&[&row], dtype);
+            read(&r)[0]
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| if keep(i) { x } else { NEG })
+                .collect()
+        };
+        assert_eq!(got[0], want_row(&|i| i % 3 != 0), "{dtype:?}");
+        assert_eq!(got[1], want_row(&|i| i == 7 || i == 299), "{dtype:?}");
+        assert_eq!(got[2], want_row(&|_| true), "{dtype:?}");
+        assert_eq!(p.allowed_token_ids(0).map(<[u32]>::len), Some(big.len()));
+    }
 }

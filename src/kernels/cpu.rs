@@ -1,42 +1,207 @@
-//! The masking kernel on the CPU: write-only fills between kept ids, so a forced row costs one
-//! pass of stores and no loads.
+//! [`FusedOp`] on the CPU: the sparse phase, then the dense phase, row by row. Rows that are
+//! only masked are written without being read; rows with nothing dense to do are not touched.
 
+use std::cell::RefCell;
+
+use candle_core::{CpuStorage, Result};
 use half::{bf16, f16};
 
-use super::IdsMode;
-use super::MaskOp;
+use super::{FusedOp, IdsMode, StepMask, IN_PROMPT, KEEP_BITMASK, NO_MIN_P};
 
-/// A logit element type.
+/// A logit element type: read as f32, stored rounded to nearest even.
 pub(crate) trait Logit: Copy {
     const NEG_INF: Self;
-    fn add(self, boost: f32) -> Self;
+    fn get(self) -> f32;
+    fn put(x: f32) -> Self;
 }
 
 impl Logit for f32 {
     const NEG_INF: Self = f32::NEG_INFINITY;
-    fn add(self, boost: f32) -> Self {
-        self + boost
+    fn get(self) -> f32 {
+        self
+    }
+    fn put(x: f32) -> Self {
+        x
     }
 }
 
 impl Logit for f16 {
     const NEG_INF: Self = f16::NEG_INFINITY;
-    fn add(self, boost: f32) -> Self {
-        f16::from_f32(self.to_f32() + boost)
+    fn get(self) -> f32 {
+        self.to_f32()
+    }
+    fn put(x: f32) -> Self {
+        f16::from_f32(x)
     }
 }
 
 impl Logit for bf16 {
     const NEG_INF: Self = bf16::NEG_INFINITY;
-    fn add(self, boost: f32) -> Self {
-        bf16::from_f32(self.to_f32() + boost)
+    fn get(self) -> f32 {
+        self.to_f32()
+    }
+    fn put(x: f32) -> Self {
+        bf16::from_f32(x)
     }
 }
 
-/// Sends every element of `row` outside the sorted `keep` ids to −inf.
-fn keep_only<E: Logit>(row: &mut [E], keep: impl Iterator<Item = u32>) {
+/// The f32 arithmetic of one penalised logit (shared with the reference tests by value, and
+/// mirrored exactly by the CUDA kernel).
+#[inline]
+pub(crate) fn penalise(x: f32, count: u32, in_prompt: bool, rep: f32, freq: f32, pres: f32) -> f32 {
+    let mut y = x;
+    if rep != 1.0 && (in_prompt || count > 0) {
+        y = if y > 0.0 { y / rep } else { y * rep };
+    }
+    if count > 0 {
+        y -= freq * count as f32;
+        y -= pres;
+    }
+    y
+}
+
+pub(crate) fn run_storage(
+    op: &FusedOp<'_>,
+    storage: &mut CpuStorage,
+    start: usize,
+    end: usize,
+    mask: Option<&[u32]>,
+) -> Result<()> {
+    match storage {
+        CpuStorage::F32(v) => run(op, &mut v[start..end], mask),
+        CpuStorage::F16(v) => run(op, &mut v[start..end], mask),
+        CpuStorage::BF16(v) => run(op, &mut v[start..end], mask),
+        _ => candle_core::bail!("unsupported logits dtype (f32, f16 or bf16 only)"),
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// The keep mask of the row being processed (reused: no allocation per step).
+    static KEEP: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Applies `op` to the contiguous `[batch, vocab]` logits; `mask` holds the step's bitmask
+/// when it was given as a tensor.
+pub(crate) fn run<E: Logit>(op: &FusedOp<'_>, logits: &mut [E], mask: Option<&[u32]>) {
+    let words = op.vocab.div_ceil(32);
+    KEEP.with(|keep| {
+        let mut keep = keep.borrow_mut();
+        keep.resize(words, 0);
+        for (r, row) in logits.chunks_exact_mut(op.vocab).take(op.batch).enumerate() {
+            sparse(op, r, row);
+            dense(op, r, row, &mut keep, mask);
+        }
+    });
+}
+
+fn sparse<E: Logit>(op: &FusedOp<'_>, r: usize, row: &mut [E]) {
+    for bans in op.bans.iter().flatten() {
+        let e = bans.row(r);
+        for &t in &e[1..1 + e[0] as usize] {
+            row[t as usize] = E::NEG_INF;
+        }
+    }
+    if let Some(ids) = op.ids {
+        if let IdsMode::Boost(b) = ids.mode {
+            for &t in ids.ids() {
+                let x = &mut row[t as usize];
+                *x = E::put(x.get() + b);
+            }
+        }
+    }
+    if let Some(bias) = op.bias {
+        let e = bias.row(r);
+        for pair in e[1..1 + 2 * e[0] as usize].chunks_exact(2) {
+            let x = &mut row[pair[0] as usize];
+            *x = E::put(x.get() + f32::from_bits(pair[1]));
+        }
+    }
+    if let Some(p) = op.penalties {
+        let params = p.params.row(r);
+        let (rep, freq, pres) = (
+            f32::from_bits(params[0]),
+            f32::from_bits(params[1]),
+            f32::from_bits(params[2]),
+        );
+        if rep != 1.0 || freq != 0.0 || pres != 0.0 {
+            let e = p.entries.row(r);
+            for pair in e[1..1 + 2 * e[0] as usize].chunks_exact(2) {
+                let count = pair[1] & !IN_PROMPT;
+                let in_prompt = pair[1] & IN_PROMPT != 0;
+                if count == 0 && !in_prompt {
+                    continue;
+                }
+                let x = &mut row[pair[0] as usize];
+                *x = E::put(penalise(x.get(), count, in_prompt, rep, freq, pres));
+            }
+        }
+    }
+}
+
+fn dense<E: Logit>(
+    op: &FusedOp<'_>,
+    r: usize,
+    row: &mut [E],
+    keep: &mut [u32],
+    tensor_mask: Option<&[u32]>,
+) {
+    let words = keep.len();
+    let temp = op.temperature.map_or(1.0, |t| f32::from_bits(t.row(r)[0]));
+    let ln_min_p = op.min_p.map_or(NO_MIN_P, |m| f32::from_bits(m.row(r)[0]));
+    let forced = op.keep.map(|k| k.row(r)).filter(|e| e[0] != 0);
+    let global = op
+        .ids
+        .filter(|a| a.mode == IdsMode::Mask)
+        .map(|a| a.bits.row(0));
+    let step = op.step_mask.and_then(|m| {
+        if m.active().row(r)[0] == 0 {
+            return None;
+        }
+        Some(match m {
+            StepMask::Table { words: w, .. } => &w.row(r)[..words],
+            StepMask::Tensor { .. } => {
+                &tensor_mask.expect("tensor mask given")[r * words..][..words]
+            }
+        })
+    });
+    let values = temp != 1.0 || ln_min_p != NO_MIN_P;
+    if forced.is_none() && global.is_none() && step.is_none() {
+        if values {
+            scale_and_cut(row, None, temp, ln_min_p);
+        }
+        return;
+    }
+    if let (Some(e), None, None, false) = (forced, global, step, values) {
+        if e[0] != KEEP_BITMASK {
+            keep_only(row, &e[1..1 + e[0] as usize]);
+            return;
+        }
+    }
+    // The row's keep mask: the intersection of its masks.
+    keep.fill(u32::MAX);
+    if let Some(e) = forced {
+        if e[0] == KEEP_BITMASK {
+            keep.copy_from_slice(&e[1..1 + words]);
+        } else {
+            keep.fill(0);
+            for &t in &e[1..1 + e[0] as usize] {
+                keep[(t / 32) as usize] |= 1 << (t % 32);
+            }
+        }
+    }
+    for m in [global, step].into_iter().flatten() {
+        for (k, w) in keep.iter_mut().zip(m) {
+            *k &= w;
+        }
+    }
+    scale_and_cut(row, Some(keep), temp, ln_min_p);
+}
+
+/// Sends every element outside the sorted `ids` to −inf without reading it.
+fn keep_only<E: Logit>(row: &mut [E], ids: &[u32]) {
     let mut next = 0;
-    for id in keep {
+    for &id in ids {
         let id = id as usize;
         row[next..id].fill(E::NEG_INF);
         next = id + 1;
@@ -44,36 +209,54 @@ fn keep_only<E: Logit>(row: &mut [E], keep: impl Iterator<Item = u32>) {
     row[next..].fill(E::NEG_INF);
 }
 
-/// Applies `op` to the contiguous `[batch, vocab]` logits.
-pub(crate) fn mask<E: Logit>(op: &MaskOp<'_>, logits: &mut [E]) {
-    for (r, row) in logits.chunks_exact_mut(op.vocab).take(op.batch).enumerate() {
-        let forced = op.force.and_then(|f| {
-            let entry = f.table.row(r);
-            let n = entry[0] as usize;
-            (n > 0).then(|| &entry[1..1 + n])
-        });
-        match (forced, op.allowed) {
-            (None, None) => {}
-            (Some(keep), None) => keep_only(row, keep.iter().copied()),
-            (Some(keep), Some(a)) => match a.mode {
-                IdsMode::Mask => {
-                    keep_only(row, keep.iter().copied().filter(|&t| a.contains(t)));
+fn kept(keep: Option<&[u32]>, t: usize) -> bool {
+    keep.is_none_or(|k| k[t / 32] >> (t % 32) & 1 == 1)
+}
+
+/// Masked elements to −inf; kept ones divided by `temp` (rounded) and cut below
+/// `max + ln_min_p`.
+fn scale_and_cut<E: Logit>(row: &mut [E], keep: Option<&[u32]>, temp: f32, ln_min_p: f32) {
+    let tempered = |x: E| {
+        if temp != 1.0 {
+            E::put(x.get() / temp)
+        } else {
+            x
+        }
+    };
+    let threshold = if ln_min_p != NO_MIN_P {
+        let mut max = f32::NEG_INFINITY;
+        for (t, &x) in row.iter().enumerate() {
+            if kept(keep, t) {
+                max = max.max(tempered(x).get());
+            }
+        }
+        max + ln_min_p
+    } else {
+        f32::NEG_INFINITY
+    };
+    match keep {
+        Some(k) => {
+            for (w, chunk) in row.chunks_mut(32).enumerate() {
+                let bits = k[w];
+                if bits == 0 {
+                    chunk.fill(E::NEG_INF);
+                    continue;
                 }
-                IdsMode::Boost(boost) => {
-                    keep_only(row, keep.iter().copied());
-                    for &t in keep.iter().filter(|&&t| a.contains(t)) {
-                        row[t as usize] = row[t as usize].add(boost);
+                for (i, x) in chunk.iter_mut().enumerate() {
+                    if bits >> i & 1 == 0 {
+                        *x = E::NEG_INF;
+                    } else {
+                        let y = tempered(*x);
+                        *x = if y.get() < threshold { E::NEG_INF } else { y };
                     }
                 }
-            },
-            (None, Some(a)) => match a.mode {
-                IdsMode::Mask => keep_only(row, a.ids().iter().copied()),
-                IdsMode::Boost(boost) => {
-                    for &t in a.ids() {
-                        row[t as usize] = row[t as usize].add(boost);
-                    }
-                }
-            },
+            }
+        }
+        None => {
+            for x in row.iter_mut() {
+                let y = tempered(*x);
+                *x = if y.get() < threshold { E::NEG_INF } else { y };
+            }
         }
     }
 }

@@ -5,15 +5,16 @@ use candle_core::Tensor;
 use crate::batch::BatchUpdate;
 use crate::config::ProcessorConfig;
 use crate::error::{ConfigError, Result};
-use crate::kernels::MaskOp;
+use crate::kernels::FusedOp;
 use crate::ledger::RowLedger;
 use crate::params::RequestParams;
 use crate::processor::LogitsProcessor;
 
 pub(crate) mod stage;
 
+use crate::processors::TokenBitmask;
 pub use stage::Stage;
-use stage::{Kind, Part};
+use stage::{can_join, Kind};
 
 /// An ordered list of processors that receives updates and logits as one processor.
 ///
@@ -26,10 +27,22 @@ use stage::{Kind, Part};
 ///   [`validate_params`](LogitsProcessor::validate_params) *before* forwarding it, so a bad
 ///   update reaches no stage, and all stages always agree on the batch.
 /// - [`apply`](LogitsProcessor::apply) runs the stages in order. Adjacent built-in stages are
-///   fused into one pass over the logits (their effects commute); a custom stage runs on its
+///   fused into as few passes over the logits as give, bit for bit, the result of running them
+///   one after the other (see below); a custom stage runs on its
 ///   own, in its place.
 /// - [`apply_greedy`](Self::apply_greedy) skips the argmax-invariant stages, for batches
 ///   decoded greedily.
+///
+/// # Fusion
+///
+/// The built-ins run as one fused op with a fixed order — masks (ForceToken, TokenBitmask,
+/// AllowedIds in mask mode), bans (BadWords, MinTokens), the global boost (AllowedIds in boost
+/// mode), LogitBias, Penalties, Temperature, MinP: vLLM's sampler order — in two phases over
+/// the logits (the listed tokens, then one dense pass; see the crate's `kernels` module).
+/// Adjacent built-in stages join one op when every earlier one comes earlier in that order or
+/// commutes exactly with it (masks and bans commute with everything but MinP), so the result
+/// is bit for bit that of running the stages one after the other in the order given. Build the
+/// pipeline in vLLM's order to get one op.
 ///
 /// A custom processor whose `update_state` fails for a reason its `validate_params` does not
 /// report breaks the all-or-nothing guarantee: the stages before it have then applied the
@@ -173,41 +186,55 @@ impl Pipeline {
         self.run(logits, true)
     }
 
+    /// The pipeline's [`TokenBitmask`] stage, to hand it the step's grammar mask.
+    pub fn token_bitmask_mut(&mut self) -> Option<&mut TokenBitmask> {
+        self.stages.iter_mut().find_map(|s| match &mut s.0 {
+            Kind::Builtin(b) => b.as_token_bitmask(),
+            Kind::Custom(_) => None,
+        })
+    }
+
     fn run(&mut self, logits: &Tensor, greedy: bool) -> Result<()> {
         self.config.check_logits(logits, self.ledger.batch_size())?;
-        let batch = self.ledger.batch_size();
-        let vocab = self.config.vocab_size();
-        let empty = MaskOp {
-            batch,
-            vocab,
-            force: None,
-            allowed: None,
-        };
+        let result = self.run_stages(logits, greedy);
+        for stage in &mut self.stages {
+            if let Kind::Builtin(b) = &mut stage.0 {
+                b.finish_step();
+            }
+        }
+        result
+    }
+
+    /// Runs the stages in order, fusing each run of adjacent built-ins whose effects can be
+    /// reordered into the fused op's order without changing a bit (see [`crate::kernels`] and
+    /// [`can_join`]).
+    fn run_stages(&mut self, logits: &Tensor, greedy: bool) -> Result<()> {
+        let empty = FusedOp::new(self.ledger.batch_size(), self.config.vocab_size());
         let mut fused = empty;
+        let mut classes = [0u8; 16];
+        let mut n = 0;
         for stage in &mut self.stages {
             if greedy && stage.processor().is_argmax_invariant() {
                 continue;
             }
             match &mut stage.0 {
                 Kind::Builtin(b) => {
-                    // Fill a free slot of the fused pass, or run what is fused and start anew.
-                    let part = b.part();
-                    let taken = match part {
-                        Part::Keep(_) => fused.force.is_some(),
-                        Part::Ids(_) => fused.allowed.is_some(),
-                    };
-                    if taken {
+                    let Some(part) = b.part() else { continue };
+                    let c = part.rank();
+                    let joins = n < classes.len() && can_join(&classes[..n], c);
+                    if !joins || !part.place(&mut fused) {
                         fused.run(logits)?;
                         fused = empty;
+                        n = 0;
+                        part.place(&mut fused);
                     }
-                    match part {
-                        Part::Keep(f) => fused.force = Some(f),
-                        Part::Ids(a) => fused.allowed = Some(a),
-                    }
+                    classes[n] = c;
+                    n += 1;
                 }
                 Kind::Custom(c) => {
                     fused.run(logits)?;
                     fused = empty;
+                    n = 0;
                     c.apply(logits)?;
                 }
             }

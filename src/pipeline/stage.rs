@@ -1,9 +1,13 @@
 //! Pipeline stages: built-in processors, which the pipeline fuses, and custom processors.
 
 use crate::config::ProcessorConfig;
-use crate::kernels::{AllowedSpec, ForceSpec};
+use crate::kernels::table::RowTable;
+use crate::kernels::{FusedOp, IdsMode, IdsSpec, PenaltySpec, StepMask};
 use crate::processor::LogitsProcessor;
-use crate::processors::{AllowedIds, ForceToken};
+use crate::processors::{
+    AllowedIds, BadWords, ForceToken, LogitBias, MinP, MinTokens, Penalties, Temperature,
+    TokenBitmask,
+};
 
 /// One stage of a [`Pipeline`](crate::Pipeline): a built-in processor (converted with
 /// `From`/`Into`, so `Pipeline::builder(&c).with(ForceToken::new(&c)?)` just works), or a custom
@@ -70,17 +74,87 @@ pub(crate) trait Builtin: LogitsProcessor {
     fn config(&self) -> &ProcessorConfig;
     /// Its batch size (0 for a processor that has seen no update).
     fn batch_size(&self) -> usize;
-    /// What it contributes to a fused pass.
-    fn part(&self) -> Part<'_>;
+    /// What it contributes to the step's fused pass (`None`: nothing this step).
+    fn part(&self) -> Option<Part<'_>>;
+    /// Called after every apply of the pipeline (a per-step input is consumed).
+    fn finish_step(&mut self) {}
+    /// The stage as a [`TokenBitmask`], if it is one.
+    fn as_token_bitmask(&mut self) -> Option<&mut TokenBitmask> {
+        None
+    }
 }
 
 /// A built-in's contribution to a fused pass over the logits.
 #[derive(Clone, Copy)]
 pub(crate) enum Part<'a> {
-    /// A per-row keep-set (ForceToken).
-    Keep(ForceSpec<'a>),
+    /// A per-row keep set (ForceToken).
+    Keep(&'a RowTable),
     /// A global id set, boosted or kept alone (AllowedIds).
-    Ids(AllowedSpec<'a>),
+    Ids(IdsSpec<'a>),
+    /// The step's grammar bitmask (TokenBitmask).
+    StepMask(StepMask<'a>),
+    /// Per-row bans: slot 0 BadWords, slot 1 MinTokens.
+    Bans(usize, &'a RowTable),
+    /// Per-row logit bias (LogitBias).
+    Bias(&'a RowTable),
+    /// Penalties.
+    Penalties(PenaltySpec<'a>),
+    /// Temperature.
+    Temperature(&'a RowTable),
+    /// Min-p.
+    MinP(&'a RowTable),
+}
+
+impl Part<'_> {
+    /// The part's rank in the fused op's order: 1 masks, 2 bans, 3 global boost, 4 bias,
+    /// 5 penalties, 6 temperature, 7 min-p (vLLM's order).
+    pub(crate) fn rank(&self) -> u8 {
+        match self {
+            Part::Keep(_) | Part::StepMask(_) => 1,
+            Part::Ids(a) if a.mode == IdsMode::Mask => 1,
+            Part::Bans(..) => 2,
+            Part::Ids(_) => 3,
+            Part::Bias(_) => 4,
+            Part::Penalties(_) => 5,
+            Part::Temperature(_) => 6,
+            Part::MinP(_) => 7,
+        }
+    }
+
+    /// Puts the part into `op`'s slot; false if the slot is taken.
+    pub(crate) fn place<'a>(self, op: &mut FusedOp<'a>) -> bool
+    where
+        Self: 'a,
+    {
+        fn put<T>(slot: &mut Option<T>, v: T) -> bool {
+            if slot.is_some() {
+                return false;
+            }
+            *slot = Some(v);
+            true
+        }
+        match self {
+            Part::Keep(t) => put(&mut op.keep, t),
+            Part::Ids(a) => put(&mut op.ids, a),
+            Part::StepMask(m) => put(&mut op.step_mask, m),
+            Part::Bans(i, t) => put(&mut op.bans[i], t),
+            Part::Bias(t) => put(&mut op.bias, t),
+            Part::Penalties(p) => put(&mut op.penalties, p),
+            Part::Temperature(t) => put(&mut op.temperature, t),
+            Part::MinP(t) => put(&mut op.min_p, t),
+        }
+    }
+}
+
+/// Whether a part of rank `c` pushed after parts of ranks `before` can join them in one fused
+/// op and give, bit for bit, the result of running them in push order: each earlier part comes
+/// earlier in the op's order, or commutes exactly with it. Masks and bans (−inf) commute
+/// exactly with everything but min-p (whose threshold depends on what is masked).
+pub(crate) fn can_join(before: &[u8], c: u8) -> bool {
+    let exact = |a: u8, b: u8| (a <= 2 && b != 7) || (b <= 2 && a != 7);
+    before
+        .iter()
+        .all(|&m| m < c || (m == c && c <= 2) || exact(m, c))
 }
 
 macro_rules! builtin_stage {
@@ -93,4 +167,14 @@ macro_rules! builtin_stage {
     )*};
 }
 
-builtin_stage!(ForceToken, AllowedIds);
+builtin_stage!(
+    ForceToken,
+    AllowedIds,
+    LogitBias,
+    MinTokens,
+    MinP,
+    BadWords,
+    Penalties,
+    Temperature,
+    TokenBitmask
+);

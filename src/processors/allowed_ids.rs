@@ -1,16 +1,15 @@
 //! [`AllowedIds`]: one global list of token ids, boosted or kept alone.
 
-use candle_core::Tensor;
-
 use crate::batch::BatchUpdate;
 use crate::config::ProcessorConfig;
 use crate::error::{ConfigError, Result};
 use crate::kernels::table::RowTable;
-use crate::kernels::{AllowedSpec, IdsMode, MaskOp};
+use crate::kernels::{IdsMode, IdsSpec};
 use crate::ledger::RowLedger;
 use crate::params::RequestParams;
 use crate::pipeline::stage::{Builtin, Part};
 use crate::processor::LogitsProcessor;
+use crate::processors::{apply_alone, builtin_basics};
 
 /// What [`AllowedIds`] does to its ids.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -135,8 +134,8 @@ impl AllowedIds {
         self.ledger.batch_size()
     }
 
-    fn spec(&self) -> AllowedSpec<'_> {
-        AllowedSpec {
+    fn spec(&self) -> IdsSpec<'_> {
+        IdsSpec {
             ids: &self.ids,
             n_ids: self.n_ids,
             bits: &self.bits,
@@ -162,17 +161,7 @@ impl LogitsProcessor for AllowedIds {
         self.ledger.apply(update, |_| Ok(None))
     }
 
-    fn apply(&mut self, logits: &Tensor) -> Result<()> {
-        self.config.check_logits(logits, self.ledger.batch_size())?;
-        MaskOp {
-            batch: self.ledger.batch_size(),
-            vocab: self.config.vocab_size(),
-            force: None,
-            allowed: Some(self.spec()),
-        }
-        .run(logits)?;
-        Ok(())
-    }
+    apply_alone!();
 
     fn is_argmax_invariant(&self) -> bool {
         false
@@ -180,15 +169,12 @@ impl LogitsProcessor for AllowedIds {
 }
 
 impl Builtin for AllowedIds {
-    fn config(&self) -> &ProcessorConfig {
-        &self.config
-    }
+    builtin_basics!();
 
-    fn batch_size(&self) -> usize {
-        self.ledger.batch_size()
-    }
-
-    fn part(&self) -> Part<'_> {
-        Part::Ids(self.spec())
+    fn part(&self) -> Option<Part<'_>> {
+        match self.mode {
+            AllowedMode::Boost(_) if self.n_ids == 0 => None,
+            _ => Some(Part::Ids(self.spec())),
+        }
     }
 }

@@ -1,37 +1,40 @@
 //! [`ForceToken`]: per request, only a given set of token ids survives (vLLM's
 //! `allowed_token_ids`).
 
-use candle_core::Tensor;
-use smallvec::SmallVec;
+use std::sync::Arc;
 
 use crate::batch::BatchUpdate;
 use crate::config::ProcessorConfig;
-use crate::error::{ConfigError, ParamsError, Result};
+use crate::error::{ParamsError, Result};
 use crate::kernels::table::RowTable;
-use crate::kernels::{ForceSpec, MaskOp};
+use crate::kernels::{KEEP_BITMASK, KEEP_LIST_MAX};
 use crate::ledger::RowLedger;
 use crate::params::RequestParams;
 use crate::pipeline::stage::{Builtin, Part};
 use crate::processor::LogitsProcessor;
-
-/// A request's forced token set: sorted, distinct.
-type TokenSet = SmallVec<[u32; 8]>;
+use crate::processors::{apply_alone, builtin_basics, sorted_set};
 
 /// vLLM's per-request `allowed_token_ids`: keeps, in the row of each request that sets
 /// [`RequestParams::allowed_token_ids`], only the logits of those tokens; every other logit of
 /// the row becomes −inf. Kept logits are unchanged (NaN and −inf included); rows of requests
-/// without `allowed_token_ids` are untouched.
+/// without `allowed_token_ids` are untouched. Any set size.
 ///
 /// (For one id list applied to *every* row, as a boost or a mask, see
 /// [`AllowedIds`](crate::AllowedIds).)
 ///
 /// # State and cost
 ///
-/// A `max_batch_size × (1 + max_tokens)` table of `u32` on the configured device, updated row by
-/// row: [`update_state`](LogitsProcessor::update_state) costs O(changes) on the host plus, on
-/// CUDA, one asynchronous upload of the changed rows (nothing when the batch is unchanged).
-/// [`apply`](LogitsProcessor::apply) is one in-place kernel that writes −inf over each forced
-/// row without reading it; other rows are not touched.
+/// A `max_batch_size × (1 + max(ceil(vocab / 32), 64))` table of `u32` on the configured
+/// device: a set of up to 64 ids is stored as a sorted list, a larger one as a bitmask row.
+/// [`update_state`](LogitsProcessor::update_state) costs O(changes) on the host (O(vocab / 32)
+/// for a large set) plus, on CUDA, one asynchronous upload of the changed words.
+/// [`apply`](LogitsProcessor::apply) writes −inf over each forced row without reading it; other
+/// rows are not touched.
+///
+/// # Errors
+///
+/// A request whose set is empty ([`ParamsError::EmptyTokenSet`]) or holds an id outside the
+/// vocabulary ([`ParamsError::TokenOutOfVocab`]).
 ///
 /// # Example
 ///
@@ -56,49 +59,26 @@ type TokenSet = SmallVec<[u32; 8]>;
 #[derive(Debug)]
 pub struct ForceToken {
     config: ProcessorConfig,
-    max_tokens: usize,
-    ledger: RowLedger<TokenSet>,
+    ledger: RowLedger<Arc<[u32]>>,
     table: RowTable,
 }
 
-impl ForceToken {
-    /// The default per-request limit of [`ForceToken::new`].
-    pub const DEFAULT_MAX_TOKENS: usize = 16;
+const PARAM: &str = "allowed_token_ids";
 
-    /// A ForceToken for `config`, forcing at most [`Self::DEFAULT_MAX_TOKENS`] distinct tokens
-    /// per request.
+impl ForceToken {
+    /// A ForceToken for `config`.
     ///
     /// # Errors
     ///
     /// A device error while allocating the state table.
     pub fn new(config: &ProcessorConfig) -> Result<Self> {
-        Self::with_max_tokens(config, Self::DEFAULT_MAX_TOKENS)
-    }
-
-    /// A ForceToken that forces at most `max_tokens` distinct tokens per request. The state
-    /// table holds `max_batch_size × (1 + max_tokens)` `u32`s.
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError::Zero`] if `max_tokens` is 0; a device error while allocating.
-    pub fn with_max_tokens(config: &ProcessorConfig, max_tokens: usize) -> Result<Self> {
-        if max_tokens == 0 {
-            return Err(ConfigError::Zero {
-                what: "ForceToken max_tokens",
-            }
-            .into());
-        }
+        let words = config.vocab_size().div_ceil(32);
+        let width = 1 + words.max(KEEP_LIST_MAX.min(config.vocab_size()));
         Ok(Self {
             config: config.clone(),
-            max_tokens,
             ledger: RowLedger::new(config.max_batch_size()),
-            table: RowTable::new(config.max_batch_size(), 1 + max_tokens, config.device())?,
+            table: RowTable::new(config.max_batch_size(), width, 0, config.device())?,
         })
-    }
-
-    /// The most distinct tokens one request may force.
-    pub fn max_tokens(&self) -> usize {
-        self.max_tokens
     }
 
     /// The current batch size.
@@ -107,39 +87,23 @@ impl ForceToken {
     }
 
     /// The forced set (sorted, distinct) of the request at `row`, if it has one.
-    pub fn forced_tokens(&self, row: usize) -> Option<&[u32]> {
-        self.ledger.get(row).map(|s| s.as_slice())
+    pub fn allowed_token_ids(&self, row: usize) -> Option<&[u32]> {
+        self.ledger.get(row).map(|s| &s[..])
     }
 }
 
-const PARAM: &str = "allowed_token_ids";
-
 /// A request's forced set, normalised, or `None` if it sets none.
-fn token_set(
-    config: &ProcessorConfig,
-    max_tokens: usize,
-    params: &RequestParams,
-) -> Result<Option<TokenSet>, ParamsError> {
+fn token_set(config: &ProcessorConfig, params: &RequestParams) -> Result<Option<Arc<[u32]>>> {
     let Some(tokens) = &params.allowed_token_ids else {
         return Ok(None);
     };
     if tokens.is_empty() {
-        return Err(ParamsError::EmptyTokenSet { param: PARAM });
+        return Err(ParamsError::EmptyTokenSet { param: PARAM }.into());
     }
     for &t in tokens {
         config.check_token(PARAM, t)?;
     }
-    let mut set: TokenSet = tokens.iter().copied().collect();
-    set.sort_unstable();
-    set.dedup();
-    if set.len() > max_tokens {
-        return Err(ParamsError::TooManyTokens {
-            param: PARAM,
-            len: set.len(),
-            max: max_tokens,
-        });
-    }
-    Ok(Some(set))
+    Ok(Some(sorted_set(tokens).into()))
 }
 
 impl LogitsProcessor for ForceToken {
@@ -149,42 +113,40 @@ impl LogitsProcessor for ForceToken {
 
     /// # Errors
     ///
-    /// [`ParamsError::EmptyTokenSet`], [`ParamsError::TokenOutOfVocab`] or
-    /// [`ParamsError::TooManyTokens`].
+    /// [`ParamsError::EmptyTokenSet`] or [`ParamsError::TokenOutOfVocab`].
     fn validate_params(&self, params: &RequestParams) -> Result<()> {
-        token_set(&self.config, self.max_tokens, params)?;
-        Ok(())
+        token_set(&self.config, params).map(|_| ())
     }
 
     fn update_state(&mut self, update: Option<&BatchUpdate>) -> Result<()> {
-        let (config, max_tokens) = (&self.config, self.max_tokens);
-        self.ledger.apply(update, |added| {
-            Ok(token_set(config, max_tokens, &added.params)?)
-        })?;
+        let config = &self.config;
+        self.ledger
+            .apply(update, |added| token_set(config, &added.params))?;
+        let words = self.config.vocab_size().div_ceil(32);
         for &row in self.ledger.touched() {
-            let entry = self.table.row_mut(row);
             match self.ledger.get(row) {
-                Some(set) => {
-                    entry[0] = set.len() as u32;
-                    entry[1..1 + set.len()].copy_from_slice(set);
+                Some(set) if set.len() <= KEEP_LIST_MAX => {
+                    for (i, &t) in set.iter().enumerate() {
+                        self.table.set(row, 1 + i, t);
+                    }
+                    self.table.set(row, 0, set.len() as u32);
                 }
-                None => entry[0] = 0,
+                Some(set) => {
+                    let entry = self.table.row_mut(row);
+                    entry[0] = KEEP_BITMASK;
+                    let bits = &mut entry[1..1 + words];
+                    bits.fill(0);
+                    for &t in set.iter() {
+                        bits[(t / 32) as usize] |= 1 << (t % 32);
+                    }
+                }
+                None => self.table.set(row, 0, 0),
             }
         }
         Ok(self.table.sync()?)
     }
 
-    fn apply(&mut self, logits: &Tensor) -> Result<()> {
-        self.config.check_logits(logits, self.ledger.batch_size())?;
-        MaskOp {
-            batch: self.ledger.batch_size(),
-            vocab: self.config.vocab_size(),
-            force: Some(ForceSpec { table: &self.table }),
-            allowed: None,
-        }
-        .run(logits)?;
-        Ok(())
-    }
+    apply_alone!();
 
     fn is_argmax_invariant(&self) -> bool {
         false
@@ -192,15 +154,9 @@ impl LogitsProcessor for ForceToken {
 }
 
 impl Builtin for ForceToken {
-    fn config(&self) -> &ProcessorConfig {
-        &self.config
-    }
+    builtin_basics!();
 
-    fn batch_size(&self) -> usize {
-        self.ledger.batch_size()
-    }
-
-    fn part(&self) -> Part<'_> {
-        Part::Keep(ForceSpec { table: &self.table })
+    fn part(&self) -> Option<Part<'_>> {
+        Some(Part::Keep(&self.table))
     }
 }

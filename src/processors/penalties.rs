@@ -1,0 +1,299 @@
+//! [`Penalties`]: per request, repetition, frequency and presence penalties.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::batch::BatchUpdate;
+use crate::config::ProcessorConfig;
+use crate::error::{ParamsError, Result};
+use crate::kernels::table::RowTable;
+use crate::kernels::{PenaltySpec, IN_PROMPT};
+use crate::ledger::RowLedger;
+use crate::output::{OutputChange, OutputCursor};
+use crate::params::RequestParams;
+use crate::pipeline::stage::{Builtin, Part};
+use crate::processor::LogitsProcessor;
+use crate::processors::{apply_alone, builtin_basics};
+
+/// The penalties of vLLM's sampler:
+/// - `repetition_penalty` (HF, vLLM; [`RequestParams::repetition_penalty`]): the logit of every
+///   token that occurs in the prompt or the output is divided by it when positive and multiplied
+///   by it otherwise;
+/// - `frequency_penalty` (OpenAI, vLLM): subtracted once per occurrence in the output;
+/// - `presence_penalty` (OpenAI, vLLM): subtracted once if the token occurs in the output.
+///
+/// In that order, in f32, rounded once to the logits' dtype:
+/// `y = rep(x); y -= frequency × count; y -= presence` for tokens with `count > 0`.
+///
+/// Token counts live on the device and are updated from the **new** output tokens of each step
+/// (and the tokens rolled back), read through an [`OutputCursor`](crate::OutputCursor) — never
+/// recounted from the whole history. Output tokens outside the vocabulary are ignored (as
+/// vLLM's padding id is). The prompt is read from
+/// [`AddedRequest::prompt_token_ids`](crate::AddedRequest) when the request joins.
+///
+/// # State and cost
+///
+/// Per request, a list of the distinct tokens seen (prompt and output) with their output counts,
+/// on the device; a host index from token to entry. `update_state`: O(new tokens) per row, one
+/// asynchronous scatter of the changed words for the whole batch. `apply`: reads and writes only
+/// the listed logits (no dense pass, no `[batch, vocab]` count tensor).
+///
+/// # Errors
+///
+/// A repetition penalty that is not positive and finite, or a non-finite frequency or presence
+/// penalty ([`ParamsError::OutOfRange`]).
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use candle_core::{Device, Tensor};
+/// use logits_processors::*;
+///
+/// let config = ProcessorConfig::builder().max_batch_size(1).vocab_size(4).build()?;
+/// let mut pen = Penalties::new(&config)?;
+/// let out = OutputTokens::new();
+/// let mut b = BatchUpdateBuilder::new();
+/// let params = RequestParams::new()
+///     .with_repetition_penalty(2.0)
+///     .with_frequency_penalty(0.5);
+/// b.add(0, Arc::new(params)).with_prompt(vec![0]).with_output_tokens(out.clone());
+/// pen.update_state(b.build(1))?;
+/// out.extend(&[1, 1]); // the engine generated token 1 twice
+/// pen.update_state(None)?;
+/// let logits = Tensor::new(&[[4f32, -4., 4., 4.]], &Device::Cpu)?;
+/// pen.apply(&logits)?;
+/// // token 0 (prompt): 4 / 2; token 1 (output, twice): -4 * 2 - 0.5 * 2
+/// assert_eq!(logits.to_vec2::<f32>()?, [[2., -9., 4., 4.]]);
+/// # Ok::<(), logits_processors::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Penalties {
+    config: ProcessorConfig,
+    ledger: RowLedger<Row>,
+    entries: RowTable,
+    params: RowTable,
+}
+
+/// A multiplicative hasher for token ids (they are not attacker-chosen keys of a long-lived
+/// map; SipHash would dominate the per-token cost).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.0 = u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type Index = HashMap<u32, u32, BuildHasherDefault<IdHasher>>;
+
+#[derive(Debug)]
+struct Row {
+    params: [f32; 3],
+    cursor: OutputCursor,
+    index: Index,
+    /// `[token, packed]` pairs, flat.
+    entries: Vec<u32>,
+}
+
+impl Penalties {
+    /// A Penalties for `config`.
+    ///
+    /// # Errors
+    ///
+    /// A device error while allocating.
+    pub fn new(config: &ProcessorConfig) -> Result<Self> {
+        let rows = config.max_batch_size();
+        let neutral = 0u32; // overwritten per row; rows without a request have n = 0
+        Ok(Self {
+            config: config.clone(),
+            ledger: RowLedger::new(rows),
+            entries: RowTable::new(rows, 1 + 2 * 16, 0, config.device())?,
+            params: RowTable::new(rows, 3, neutral, config.device())?,
+        })
+    }
+
+    /// The current batch size.
+    pub fn batch_size(&self) -> usize {
+        self.ledger.batch_size()
+    }
+
+    /// The output count of `token` in the request at `row` (as of the last `update_state`).
+    pub fn output_count(&self, row: usize, token: u32) -> Option<u32> {
+        let r = self.ledger.get(row)?;
+        let i = *r.index.get(&token)? as usize;
+        Some(r.entries[2 * i + 1] & !IN_PROMPT)
+    }
+}
+
+fn penalties(params: &RequestParams) -> Result<Option<[f32; 3]>> {
+    let (rep, freq, pres) = (
+        params.repetition_penalty,
+        params.frequency_penalty,
+        params.presence_penalty,
+    );
+    let bad = |param, value: f32, expected| {
+        Err(ParamsError::OutOfRange {
+            param,
+            value: value.into(),
+            expected,
+        }
+        .into())
+    };
+    if !(rep.is_finite() && rep > 0.0) {
+        return bad("repetition_penalty", rep, "a finite penalty > 0");
+    }
+    if !freq.is_finite() {
+        return bad("frequency_penalty", freq, "a finite penalty");
+    }
+    if !pres.is_finite() {
+        return bad("presence_penalty", pres, "a finite penalty");
+    }
+    Ok((rep != 1.0 || freq != 0.0 || pres != 0.0).then_some([rep, freq, pres]))
+}
+
+/// Counts one output change into a row's entries, writing the changed words to the table.
+fn count(
+    table: &mut RowTable,
+    vocab: usize,
+    row: usize,
+    index: &mut Index,
+    entries: &mut Vec<u32>,
+    change: OutputChange,
+    write: bool,
+) -> candle_core::Result<()> {
+    let (t, delta) = match change {
+        OutputChange::Appended(t) => (t, 1i64),
+        OutputChange::Removed(t) => (t, -1),
+    };
+    if t as usize >= vocab {
+        return Ok(());
+    }
+    let i = match index.get(&t) {
+        Some(&i) => i as usize,
+        None => {
+            let i = entries.len() / 2;
+            index.insert(t, i as u32);
+            entries.extend([t, 0]);
+            if write {
+                table.ensure_width(1 + entries.len(), 0)?;
+                table.set(row, 1 + 2 * i, t);
+                table.set(row, 0, (i + 1) as u32);
+            }
+            i
+        }
+    };
+    let packed = &mut entries[2 * i + 1];
+    *packed = (i64::from(*packed) + delta) as u32;
+    if write {
+        table.set(row, 2 + 2 * i, *packed);
+    }
+    Ok(())
+}
+
+impl LogitsProcessor for Penalties {
+    fn name(&self) -> &'static str {
+        "Penalties"
+    }
+
+    fn validate_params(&self, params: &RequestParams) -> Result<()> {
+        penalties(params).map(|_| ())
+    }
+
+    fn update_state(&mut self, update: Option<&BatchUpdate>) -> Result<()> {
+        let vocab = self.config.vocab_size();
+        self.ledger.apply(update, |a| {
+            let Some(params) = penalties(&a.params)? else {
+                return Ok(None);
+            };
+            let mut index = Index::default();
+            let mut entries = Vec::new();
+            if params[0] != 1.0 {
+                for &t in a.prompt_token_ids.as_deref().unwrap_or(&[]) {
+                    if t as usize >= vocab || index.contains_key(&t) {
+                        continue;
+                    }
+                    index.insert(t, (entries.len() / 2) as u32);
+                    entries.extend([t, IN_PROMPT]);
+                }
+            }
+            Ok(Some(Row {
+                params,
+                cursor: a.output_token_ids.cursor(),
+                index,
+                entries,
+            }))
+        })?;
+        // Rows whose request changed: bring the request up to date, write the row whole.
+        for i in 0..self.ledger.touched().len() {
+            let row = self.ledger.touched()[i];
+            match self.ledger.get_mut(row) {
+                Some(r) => {
+                    let Row {
+                        params,
+                        cursor,
+                        index,
+                        entries,
+                    } = r;
+                    let mut result = Ok(());
+                    cursor.sync(|c| {
+                        if result.is_ok() {
+                            result = count(&mut self.entries, vocab, row, index, entries, c, false);
+                        }
+                    });
+                    result?;
+                    for (k, p) in params.iter().enumerate() {
+                        self.params.set(row, k, p.to_bits());
+                    }
+                    crate::processors::write_list(&mut self.entries, row, 2, entries)?;
+                }
+                None => {
+                    for (k, p) in [1f32, 0.0, 0.0].iter().enumerate() {
+                        self.params.set(row, k, p.to_bits());
+                    }
+                    self.entries.set(row, 0, 0);
+                }
+            }
+        }
+        // Every request: count the step's new (and rolled-back) tokens.
+        for (row, state) in self.ledger.rows_mut() {
+            let Some(r) = state else { continue };
+            let (cursor, index, entries) = (&mut r.cursor, &mut r.index, &mut r.entries);
+            let mut result = Ok(());
+            cursor.sync(|c| {
+                if result.is_ok() {
+                    result = count(&mut self.entries, vocab, row, index, entries, c, true);
+                }
+            });
+            result?;
+        }
+        self.params.sync()?;
+        Ok(self.entries.sync()?)
+    }
+
+    apply_alone!();
+
+    fn is_argmax_invariant(&self) -> bool {
+        false
+    }
+}
+
+impl Builtin for Penalties {
+    builtin_basics!();
+
+    fn part(&self) -> Option<Part<'_>> {
+        Some(Part::Penalties(PenaltySpec {
+            entries: &self.entries,
+            params: &self.params,
+        }))
+    }
+}
