@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 d = sys.argv[1]
-src = "".join(open(os.path.join(d, f)).read() for f in ["common.cuh", "flash_attn.cu", "rms_norm.cu", "rope.cu", "silu_mul.cu"])
+src = "".join(open(os.path.join(d, f)).read() for f in ["common.cuh", "flash_attn.cu", "rms_norm.cu", "rope.cu", "silu_mul.cu", "embed.cu"])
 mod = cp.RawModule(code=src, options=("--std=c++17", "--gpu-architecture=sm_90"), backend="nvrtc")
 fn = lambda name: mod.get_function(name)
 torch.manual_seed(0)

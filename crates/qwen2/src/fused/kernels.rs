@@ -4,7 +4,7 @@
 //!
 //! | kernel | file | one launch does |
 //! | --- | --- | --- |
-//! | `embed_rows` | `silu_mul.cu` | gathers the token embeddings |
+//! | `embed_rows` | `embed.cu` | gathers the token embeddings |
 //! | `rms_norm_*` | `rms_norm.cu` | RMSNorm (optionally of gathered rows) |
 //! | `bias_rope_*` | `rope.cu` | q/k/v bias + RoPE on q and k, in place |
 //! | `flash_attn_*_hd{64,128}` | `flash_attn.cu` | causal GQA attention over packed rows |
@@ -28,6 +28,7 @@ const SOURCE: &str = concat!(
     include_str!("rms_norm.cu"),
     include_str!("rope.cu"),
     include_str!("silu_mul.cu"),
+    include_str!("embed.cu"),
 );
 
 /// Threads per block of each kernel (their `__launch_bounds__`).
@@ -35,6 +36,7 @@ const FLASH_THREADS: u32 = 128;
 const NORM_THREADS: u32 = 256;
 const ROPE_THREADS: u32 = 128;
 const SILU_THREADS: u32 = 256;
+const EMBED_THREADS: u32 = 256;
 /// Queries (and keys) per attention tile (`FA_TILE`).
 pub(crate) const ATTN_TILE: usize = 64;
 
@@ -152,7 +154,7 @@ impl Kernels {
         let hidden = hidden as u32;
         let mut b = self.stream.launch_builder(&self.embed);
         b.arg(&table).arg(&ids).arg(&x).arg(&hidden);
-        b.launch(grid1(tokens, SILU_THREADS)).w()?;
+        b.launch(grid1(tokens, EMBED_THREADS)).w()?;
         Ok(())
     }
 

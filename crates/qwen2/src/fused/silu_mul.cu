@@ -24,11 +24,3 @@ __device__ __forceinline__ void silu_mul(u16* __restrict__ gu, u32 rows, u32 int
 
 extern "C" __global__ void __launch_bounds__(SILU_THREADS) silu_mul_f16(u16* gu, u32 rows, u32 inter) { silu_mul<F16>(gu, rows, inter); }
 extern "C" __global__ void __launch_bounds__(SILU_THREADS) silu_mul_bf16(u16* gu, u32 rows, u32 inter) { silu_mul<BF16>(gu, rows, inter); }
-
-/* Token embeddings: `x[t] = table[ids[t]]`, rows of `hidden` 16-bit values (`hidden % 8 == 0`). */
-extern "C" __global__ void __launch_bounds__(SILU_THREADS) embed_rows(const u16* __restrict__ table, const u32* __restrict__ ids,
-                                                                      u16* __restrict__ x, u32 hidden) {
-    const Vec8* src = (const Vec8*)(table + (size_t)ids[blockIdx.x] * hidden);
-    Vec8* dst = (Vec8*)(x + (size_t)blockIdx.x * hidden);
-    for (u32 i = threadIdx.x; i < hidden / 8; i += blockDim.x) dst[i] = src[i];
-}
