@@ -1,74 +1,172 @@
-//! CPU benchmarks: `apply` of ForceToken, AllowedIds and their Pipeline, and `update_state`,
-//! for batch 1, 8, 64, 256 × vocab 151,936 (f32), beside the physical floor: one copy of the
-//! same logits (`copy_from_slice`, read + write of every byte).
+//! CPU benchmarks (criterion): `apply` of each built-in processor alone and of a whole
+//! pipeline, at batch 1, 8, 64 and 256 × vocab 151,936 (f32), beside the physical floor: one
+//! copy of the same logits (`copy_from_slice`, every byte read and written once); and the host
+//! cost of `update_state` for the whole pipeline at batch 256 (one request replaced; one output
+//! token appended to every row).
 //!
-//! Run: `cargo bench --bench cpu` (add `-- apply/256` to filter).
+//! Workload per request: as `benches/gpu.rs` (3 allowed ids, a random grammar bitmask, 16 bias
+//! entries, min_tokens 8 with 2 stop ids, 4 bad words, penalties over a 512-token prompt and
+//! 128 output tokens, temperature 0.8, min-p 0.05).
+//!
+//! Run: `cargo bench --bench cpu` (add `-- apply/Penalties` to filter).
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use logits_processors::{
-    AllowedIds, AllowedMode, BatchUpdateBuilder, ForceToken, LogitsProcessor, Pipeline,
-    ProcessorConfig, RequestParams,
-};
+use logits_processors::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 const VOCAB: usize = 151_936;
-const CHOICES: [u32; 3] = [32, 33, 48_731];
 const BATCHES: [usize; 4] = [1, 8, 64, 256];
+const CAPACITY: usize = 256;
+const EOS: u32 = 151_645;
 
-fn config(batch: usize) -> ProcessorConfig {
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Force,
+    Bitmask,
+    BadWords,
+    MinTokens,
+    Bias,
+    Penalties,
+    Temperature,
+    MinP,
+}
+
+fn config() -> ProcessorConfig {
     ProcessorConfig::builder()
-        .max_batch_size(batch.max(256))
+        .max_batch_size(CAPACITY)
         .vocab_size(VOCAB)
-        .device(Device::Cpu)
         .build()
         .unwrap()
 }
 
-/// Every row forced to the three choices, like the arena judge.
-fn admit_all(p: &mut dyn LogitsProcessor, batch: usize) {
-    let mut b = BatchUpdateBuilder::new();
-    let params = Arc::new(RequestParams::new().with_allowed_token_ids(CHOICES));
-    for row in 0..batch {
-        b.add(row, params.clone());
+fn stage(kind: Kind, c: &ProcessorConfig) -> Stage {
+    match kind {
+        Kind::Force => ForceToken::new(c).unwrap().into(),
+        Kind::Bitmask => TokenBitmask::new(c).unwrap().into(),
+        Kind::BadWords => BadWords::new(c).unwrap().into(),
+        Kind::MinTokens => MinTokens::new(c, [EOS]).unwrap().into(),
+        Kind::Bias => LogitBias::new(c).unwrap().into(),
+        Kind::Penalties => Penalties::new(c).unwrap().into(),
+        Kind::Temperature => Temperature::new(c).unwrap().into(),
+        Kind::MinP => MinP::new(c).unwrap().into(),
     }
-    p.update_state(b.build(batch)).unwrap();
 }
 
-fn logits(batch: usize) -> Tensor {
-    Tensor::randn(0f32, 1., (batch, VOCAB), &Device::Cpu).unwrap()
+fn params(rng: &mut StdRng) -> RequestParams {
+    let mut r =
+        |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..VOCAB as u32)).collect() };
+    let bias: Vec<(u32, f32)> = r(16).into_iter().map(|t| (t, 1.5)).collect();
+    let stops = r(2);
+    let words: Vec<Vec<u32>> = (0..4).map(|_| r(2)).collect();
+    RequestParams::new()
+        .with_allowed_token_ids([32, 33, 48_731])
+        .with_logit_bias(bias)
+        .with_min_tokens(8)
+        .with_stop_token_ids(stops)
+        .with_bad_words(words)
+        .with_repetition_penalty(1.1)
+        .with_frequency_penalty(0.2)
+        .with_presence_penalty(0.1)
+        .with_temperature(0.8)
+        .with_min_p(0.05)
 }
+
+/// A pipeline of `kinds` with `batch` requests admitted; returns it and the output handles.
+fn admitted(kinds: &[Kind], batch: usize) -> (Pipeline, Vec<OutputTokens>) {
+    let c = config();
+    let mut b = Pipeline::builder(&c);
+    for &k in kinds {
+        b = b.with(stage(k, &c));
+    }
+    let mut p = b.build().unwrap();
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut changes = BatchUpdateBuilder::new();
+    let mut outs = Vec::new();
+    for row in 0..batch {
+        let prompt: Vec<u32> = (0..512)
+            .map(|_| rng.random_range(0..VOCAB as u32))
+            .collect();
+        let out = OutputTokens::from(
+            (0..128)
+                .map(|_| rng.random_range(0..VOCAB as u32))
+                .collect::<Vec<_>>(),
+        );
+        changes
+            .add(row, Arc::new(params(&mut rng)))
+            .with_prompt(prompt)
+            .with_output_tokens(out.clone());
+        outs.push(out);
+    }
+    p.update_state(changes.build(batch)).unwrap();
+    (p, outs)
+}
+
+const ALL: [Kind; 8] = [
+    Kind::Force,
+    Kind::Bitmask,
+    Kind::BadWords,
+    Kind::MinTokens,
+    Kind::Bias,
+    Kind::Penalties,
+    Kind::Temperature,
+    Kind::MinP,
+];
 
 fn apply(c: &mut Criterion) {
+    use Kind::*;
+    let configs: [(&str, &[Kind]); 10] = [
+        ("ForceToken", &[Force]),
+        ("TokenBitmask", &[Bitmask]),
+        ("BadWords", &[BadWords]),
+        ("MinTokens", &[MinTokens]),
+        ("LogitBias", &[Bias]),
+        ("Penalties", &[Penalties]),
+        ("Temperature", &[Temperature]),
+        ("MinP", &[MinP]),
+        (
+            "Pipeline_force_bias_mintokens_penalties_minp",
+            &[Force, MinTokens, Bias, Penalties, MinP],
+        ),
+        (
+            "Pipeline_all_with_bitmask",
+            &[
+                Bitmask,
+                BadWords,
+                MinTokens,
+                Bias,
+                Penalties,
+                Temperature,
+                MinP,
+            ],
+        ),
+    ];
+    let words = VOCAB.div_ceil(32);
     let mut group = c.benchmark_group("apply");
-    group.sample_size(20);
+    group.sample_size(10);
     for batch in BATCHES {
-        let cfg = config(batch);
         group.throughput(Throughput::Bytes((batch * VOCAB * 4) as u64));
-        let mut processors: Vec<(&str, Box<dyn LogitsProcessor>)> = vec![
-            ("force_token", Box::new(ForceToken::new(&cfg).unwrap())),
-            (
-                "allowed_ids_boost",
-                Box::new(AllowedIds::new(&cfg, CHOICES, AllowedMode::Boost(100.0)).unwrap()),
-            ),
-            (
-                "pipeline",
-                Box::new(
-                    Pipeline::builder(&cfg)
-                        .with(ForceToken::new(&cfg).unwrap())
-                        .with(AllowedIds::new(&cfg, CHOICES, AllowedMode::Boost(100.0)).unwrap())
-                        .build()
-                        .unwrap(),
-                ),
-            ),
-        ];
-        for (name, p) in processors.iter_mut() {
-            admit_all(p.as_mut(), batch);
-            let t = logits(batch);
-            group.bench_with_input(BenchmarkId::new(*name, batch), &batch, |b, _| {
-                b.iter(|| p.apply(black_box(&t)).unwrap())
+        let mut rng = StdRng::seed_from_u64(1);
+        let mask: Vec<u32> = (0..batch * words).map(|_| rng.random::<u32>()).collect();
+        let rows: Vec<usize> = (0..batch).collect();
+        for (name, kinds) in configs {
+            let (mut p, _outs) = admitted(kinds, batch);
+            let t = Tensor::randn(0f32, 3., (batch, VOCAB), &Device::Cpu).unwrap();
+            let has_mask = kinds.contains(&Bitmask);
+            group.bench_with_input(BenchmarkId::new(name, batch), &batch, |b, _| {
+                b.iter(|| {
+                    if has_mask {
+                        p.token_bitmask_mut()
+                            .unwrap()
+                            .set_host(&mask, &rows)
+                            .unwrap();
+                    }
+                    p.apply(black_box(&t)).unwrap()
+                })
             });
         }
         let src = vec![1f32; batch * VOCAB];
@@ -80,34 +178,53 @@ fn apply(c: &mut Criterion) {
     group.finish();
 }
 
-/// One change in a batch of 256: the request in row `r` finishes and a new one takes its row.
+/// Host cost of `update_state` for the whole pipeline at batch 256.
 fn update_state(c: &mut Criterion) {
     let mut group = c.benchmark_group("update_state");
-    let cfg = config(256);
-    let mut force = ForceToken::new(&cfg).unwrap();
-    let mut pipe = Pipeline::builder(&cfg)
-        .with(ForceToken::new(&cfg).unwrap())
-        .with(AllowedIds::new(&cfg, CHOICES, AllowedMode::Boost(100.0)).unwrap())
-        .build()
-        .unwrap();
-    admit_all(&mut force, 256);
-    admit_all(&mut pipe, 256);
-    let params = Arc::new(RequestParams::new().with_allowed_token_ids(CHOICES));
-    for (name, p) in [
-        ("force_token", &mut force as &mut dyn LogitsProcessor),
-        ("pipeline", &mut pipe),
-    ] {
-        let mut b = BatchUpdateBuilder::new();
-        let mut row = 0;
-        group.bench_function(BenchmarkId::new(name, "one_change_in_256"), |bench| {
-            bench.iter(|| {
-                row = (row + 97) % 256;
-                b.remove(row);
-                let r = b.pop_removed().unwrap();
-                b.add(r, params.clone());
-                p.update_state(b.build(256)).unwrap();
-            })
-        });
+    let (mut p, _outs) = admitted(&ALL, CAPACITY);
+    let mut rng = StdRng::seed_from_u64(3);
+    let fresh: Vec<Arc<RequestParams>> = (0..64).map(|_| Arc::new(params(&mut rng))).collect();
+    let mut changes = BatchUpdateBuilder::new();
+    let mut i = 0;
+    group.bench_function("one_request_replaced_in_256", |b| {
+        b.iter(|| {
+            i += 1;
+            let row = (i * 97) % CAPACITY;
+            changes.remove(row);
+            let r = changes.pop_removed().unwrap();
+            changes.add(r, fresh[i % fresh.len()].clone());
+            p.update_state(changes.build(CAPACITY)).unwrap();
+        })
+    });
+    let labels = [
+        "ForceToken",
+        "TokenBitmask",
+        "BadWords",
+        "MinTokens",
+        "LogitBias",
+        "Penalties",
+        "Temperature",
+        "MinP",
+    ];
+    let mut sets: Vec<(&str, Vec<Kind>)> = vec![("all", ALL.to_vec())];
+    if std::env::var_os("LP_BENCH_EACH").is_some() {
+        sets.extend(labels.iter().zip(ALL).map(|(l, k)| (*l, vec![k])));
+    }
+    for (label, kinds) in sets {
+        let (mut p, outs) = admitted(&kinds, CAPACITY);
+        let mut step = 0u32;
+        group.bench_function(
+            BenchmarkId::new("one_token_appended_to_each_of_256_rows", label),
+            |b| {
+                b.iter(|| {
+                    step += 1;
+                    for (r, o) in outs.iter().enumerate() {
+                        o.push((step.wrapping_mul(7919) + r as u32) % 64); // a small working set
+                    }
+                    p.update_state(None).unwrap();
+                })
+            },
+        );
     }
     group.finish();
 }

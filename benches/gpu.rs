@@ -1,16 +1,20 @@
-//! GPU benchmarks of the fused CUDA kernel: `apply` of ForceToken (every row forced to
-//! {32, 33, 48731}), AllowedIds (those ids, Boost(100)) and their Pipeline, for batch 1, 8, 64,
-//! 256 × vocab 151,936 in f32, f16 and bf16, beside the memory floor: a device-to-device copy of
-//! the same logits (every byte read once and written once). Also `update_state` host time for
-//! one change in a batch of 256 (no device synchronisation).
+//! GPU benchmark of the built-in processors at batch 256 × vocab 151,936 in f32, f16 and bf16:
+//! each processor alone and whole pipelines, beside the memory floor (a device-to-device copy
+//! of the same logits: every byte read once and written once), plus the host cost of
+//! `update_state` (no device synchronisation).
 //!
-//! Run: `cargo bench --features cuda --bench gpu` (a machine with an NVIDIA GPU).
+//! Run: `cargo bench --features cuda --bench gpu` (a machine with an NVIDIA GPU). The PyTorch
+//! peer of the same operations is `benches/peer_torch.py`; run both in one session.
 //!
-//! Method: buffers are rotated so that their total exceeds L2 (a run over one small buffer
-//! would time the cache); each figure is the median of 9 repeats of `n` back-to-back launches
-//! timed with CUDA events (`n` sized for ≈3 ms per repeat), after warm-up. "one-shot" is the
-//! median host wall time of sync → apply → sync for a single call: the latency an engine sees,
-//! launch and synchronisation included.
+//! Workload per request (every row): `allowed_token_ids` of 3 ids (ForceToken), a grammar
+//! bitmask allowing about half the vocabulary (TokenBitmask, given as a device tensor), 16
+//! `logit_bias` entries, `min_tokens` 8 with 2 stop ids (still banning), 4 bad-word sequences,
+//! repetition 1.1 / frequency 0.2 / presence 0.1 penalties over a 512-token prompt and 128
+//! output tokens, temperature 0.8, min-p 0.05.
+//!
+//! Method: buffers are rotated so that their total exceeds L2; each figure is the median of 9
+//! repeats of `n` back-to-back calls timed with CUDA events (`n` sized for ≈3 ms per repeat),
+//! after warm-up.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,27 +22,23 @@ use std::time::Instant;
 use candle_core::cuda::cudarc::driver::sys::CUevent_flags;
 use candle_core::cuda::cudarc::driver::{CudaSlice, CudaStream};
 use candle_core::{DType, Device, Tensor};
-use logits_processors::{
-    AllowedIds, AllowedMode, BatchUpdate, BatchUpdateBuilder, ForceToken, LogitsProcessor,
-    Pipeline, ProcessorConfig, RequestParams,
-};
+use logits_processors::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 const VOCAB: usize = 151_936;
-const CHOICES: [u32; 3] = [32, 33, 48_731];
-const BATCHES: [usize; 4] = [1, 8, 64, 256];
+const BATCH: usize = 256;
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
-const CAPACITY: usize = 256;
-/// Rotate buffers until their total is at least this (H100: 50 MB of L2, H200: 60 MB).
 const ROTATE_BYTES: usize = 256 << 20;
 const REPEATS: usize = 9;
+const EOS: u32 = 151_645;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
 
-/// Median over `REPEATS` of the per-call device time (µs) of `n` back-to-back calls of `f`,
-/// with `n` sized for ≈3 ms per repeat.
+/// Median over `REPEATS` of the per-call device time (µs) of `n` back-to-back calls of `f`.
 fn time_events(stream: &Arc<CudaStream>, mut f: impl FnMut(usize)) -> f64 {
     let ctx = stream.context();
     let event = || {
@@ -54,60 +54,89 @@ fn time_events(stream: &Arc<CudaStream>, mut f: impl FnMut(usize)) -> f64 {
         end.record(stream).unwrap();
         f64::from(start.elapsed_ms(&end).unwrap()) * 1000.0 / n as f64
     };
-    run(20, 0); // warm-up (module load, first-touch)
-    let estimate = run(20, 20);
-    let n = ((3000.0 / estimate.max(0.5)) as usize).clamp(20, 2000);
+    run(10, 0);
+    let estimate = run(10, 10);
+    let n = ((3000.0 / estimate.max(0.5)) as usize).clamp(10, 2000);
     median((0..REPEATS).map(|r| run(n, r * n)).collect())
 }
 
-/// Median host wall time (µs) of sync → `f` → sync, for single calls.
-fn time_one_shot(stream: &Arc<CudaStream>, mut f: impl FnMut(usize)) -> f64 {
-    let mut v = Vec::with_capacity(200);
-    for i in 0..220 {
-        stream.synchronize().unwrap();
-        let t = Instant::now();
-        f(i);
-        stream.synchronize().unwrap();
-        if i >= 20 {
-            v.push(t.elapsed().as_secs_f64() * 1e6);
-        }
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Kind {
+    Force,
+    Bitmask,
+    BadWords,
+    MinTokens,
+    Bias,
+    Penalties,
+    Temperature,
+    MinP,
+}
+
+fn stage(kind: Kind, c: &ProcessorConfig) -> Stage {
+    match kind {
+        Kind::Force => ForceToken::new(c).unwrap().into(),
+        Kind::Bitmask => TokenBitmask::new(c).unwrap().into(),
+        Kind::BadWords => BadWords::new(c).unwrap().into(),
+        Kind::MinTokens => MinTokens::new(c, [EOS]).unwrap().into(),
+        Kind::Bias => LogitBias::new(c).unwrap().into(),
+        Kind::Penalties => Penalties::new(c).unwrap().into(),
+        Kind::Temperature => Temperature::new(c).unwrap().into(),
+        Kind::MinP => MinP::new(c).unwrap().into(),
     }
-    median(v)
 }
 
-fn admit_all(p: &mut dyn LogitsProcessor, batch: usize) {
-    let mut b = BatchUpdateBuilder::new();
-    let params = Arc::new(RequestParams::new().with_allowed_token_ids(CHOICES));
-    for row in 0..batch {
-        b.add(row, params.clone());
+fn params(rng: &mut StdRng) -> RequestParams {
+    let mut r =
+        |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..VOCAB as u32)).collect() };
+    let bias: Vec<(u32, f32)> = r(16).into_iter().map(|t| (t, 1.5)).collect();
+    let stops = r(2);
+    let words: Vec<Vec<u32>> = (0..4).map(|_| r(2)).collect();
+    RequestParams::new()
+        .with_allowed_token_ids([32, 33, 48_731])
+        .with_logit_bias(bias)
+        .with_min_tokens(8)
+        .with_stop_token_ids(stops)
+        .with_bad_words(words)
+        .with_repetition_penalty(1.1)
+        .with_frequency_penalty(0.2)
+        .with_presence_penalty(0.1)
+        .with_temperature(0.8)
+        .with_min_p(0.05)
+}
+
+/// A pipeline of `kinds` with BATCH requests admitted, each with a 512-token prompt and 128
+/// output tokens; returns it with the requests' output handles.
+fn admitted(kinds: &[Kind], device: &Device) -> (Pipeline, Vec<OutputTokens>) {
+    let cfg = ProcessorConfig::builder()
+        .max_batch_size(BATCH)
+        .vocab_size(VOCAB)
+        .device(device.clone())
+        .build()
+        .unwrap();
+    let mut b = Pipeline::builder(&cfg);
+    for &k in kinds {
+        b = b.with(stage(k, &cfg));
     }
-    p.update_state(b.build(batch)).unwrap();
-}
-
-fn processors(cfg: &ProcessorConfig) -> Vec<(&'static str, Box<dyn LogitsProcessor>)> {
-    let boost = || AllowedIds::new(cfg, CHOICES, AllowedMode::Boost(100.0)).unwrap();
-    vec![
-        ("ForceToken", Box::new(ForceToken::new(cfg).unwrap())),
-        ("AllowedIds", Box::new(boost())),
-        (
-            "Pipeline",
-            Box::new(
-                Pipeline::builder(cfg)
-                    .with(ForceToken::new(cfg).unwrap())
-                    .with(boost())
-                    .build()
-                    .unwrap(),
-            ),
-        ),
-    ]
-}
-
-struct Row {
-    dtype: DType,
-    batch: usize,
-    apply: [f64; 3],
-    one_shot: [f64; 3],
-    copy: f64,
+    let mut p = b.build().unwrap();
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut changes = BatchUpdateBuilder::new();
+    let mut outs = Vec::new();
+    for row in 0..BATCH {
+        let prompt: Vec<u32> = (0..512)
+            .map(|_| rng.random_range(0..VOCAB as u32))
+            .collect();
+        let out: Vec<u32> = (0..128)
+            .map(|_| rng.random_range(0..VOCAB as u32))
+            .collect();
+        let out = OutputTokens::from(out);
+        changes
+            .add(row, Arc::new(params(&mut rng)))
+            .with_prompt(prompt)
+            .with_output_tokens(out.clone());
+        outs.push(out);
+    }
+    p.update_state(changes.build(BATCH)).unwrap();
+    (p, outs)
 }
 
 fn dtype_name(d: DType) -> &'static str {
@@ -120,151 +149,159 @@ fn dtype_name(d: DType) -> &'static str {
 
 fn main() {
     let device = Device::new_cuda(0).expect("a CUDA device");
-    let cuda = device.as_cuda_device().unwrap().clone();
-    let stream = cuda.cuda_stream();
-    let ctx = stream.context();
-    let name = ctx.name().unwrap_or_default();
-    println!("# logits-processors GPU bench on {name}, vocab {VOCAB}");
+    let stream = device.as_cuda_device().unwrap().cuda_stream();
+    let name = stream.context().name().unwrap_or_default();
+    println!("# logits-processors GPU bench on {name}, batch {BATCH} x vocab {VOCAB}");
+    let words = VOCAB.div_ceil(32);
+    let mut rng = StdRng::seed_from_u64(1);
+    let mask_host: Vec<u32> = (0..BATCH * words).map(|_| rng.random::<u32>()).collect();
+    let mask = Tensor::from_vec(mask_host, (BATCH, words), &device).unwrap();
+    let all_rows: Vec<usize> = (0..BATCH).collect();
 
-    let mut rows = Vec::new();
+    use Kind::*;
+    let configs: Vec<(&str, Vec<Kind>)> = vec![
+        ("ForceToken", vec![Force]),
+        ("TokenBitmask", vec![Bitmask]),
+        ("BadWords", vec![BadWords]),
+        ("MinTokens", vec![MinTokens]),
+        ("LogitBias", vec![Bias]),
+        ("Penalties", vec![Penalties]),
+        ("Temperature", vec![Temperature]),
+        ("MinP", vec![MinP]),
+        (
+            "Pipeline: Force+Bias+MinTokens+Penalties+MinP",
+            vec![Force, MinTokens, Bias, Penalties, MinP],
+        ),
+        (
+            "Pipeline: Bitmask+Bias+MinTokens+Penalties+MinP",
+            vec![Bitmask, MinTokens, Bias, Penalties, MinP],
+        ),
+        (
+            "Pipeline: all (Bitmask, BadWords, MinTokens, Bias, Penalties, Temperature, MinP)",
+            vec![
+                Bitmask,
+                BadWords,
+                MinTokens,
+                Bias,
+                Penalties,
+                Temperature,
+                MinP,
+            ],
+        ),
+    ];
+    let mut table = Vec::new();
     for dtype in DTYPES {
-        for batch in BATCHES {
-            let bytes = batch * VOCAB * dtype.size_in_bytes();
-            let nbuf = ROTATE_BYTES.div_ceil(bytes).clamp(2, 512);
-            let logits: Vec<Tensor> = (0..nbuf)
-                .map(|_| {
-                    Tensor::randn(0f32, 1., (batch, VOCAB), &device)
-                        .unwrap()
-                        .to_dtype(dtype)
-                        .unwrap()
-                })
-                .collect();
-            let cfg = ProcessorConfig::builder()
-                .max_batch_size(CAPACITY)
-                .vocab_size(VOCAB)
-                .device(device.clone())
-                .build()
-                .unwrap();
-            let mut ps = processors(&cfg);
-            let mut apply = [0.0; 3];
-            let mut one_shot = [0.0; 3];
-            for (k, (_, p)) in ps.iter_mut().enumerate() {
-                admit_all(p.as_mut(), batch);
-                apply[k] = time_events(&stream, |i| p.apply(&logits[i % nbuf]).unwrap());
-                one_shot[k] = time_one_shot(&stream, |i| p.apply(&logits[i % nbuf]).unwrap());
-            }
-            drop(logits);
-            // The floor: a device-to-device copy of as many bytes (read once, written once).
-            let host: Vec<u8> = (0..bytes).map(|j| (j * 31 + j / 4093) as u8).collect();
-            let src: Vec<CudaSlice<u8>> = (0..nbuf)
-                .map(|_| stream.clone_htod(&host).unwrap())
-                .collect();
-            let mut dst: Vec<CudaSlice<u8>> = (0..nbuf)
-                .map(|_| stream.alloc_zeros::<u8>(bytes).unwrap())
-                .collect();
-            let copy = time_events(&stream, |i| {
-                stream
-                    .memcpy_dtod(&src[i % nbuf], &mut dst[(i + 1) % nbuf])
+        let bytes = BATCH * VOCAB * dtype.size_in_bytes();
+        let nbuf = ROTATE_BYTES.div_ceil(bytes).clamp(2, 64);
+        let logits: Vec<Tensor> = (0..nbuf)
+            .map(|_| {
+                Tensor::randn(0f32, 3., (BATCH, VOCAB), &device)
                     .unwrap()
-            });
-            drop((src, dst));
-            let r = Row {
-                dtype,
-                batch,
-                apply,
-                one_shot,
-                copy,
-            };
-            println!(
-                "{:>4} batch {:>3}: ForceToken {:8.2} µs, AllowedIds {:8.2} µs, Pipeline {:8.2} µs, d2d copy {:8.2} µs ({:6.0} GB/s r+w); one-shot {:6.2} / {:6.2} / {:6.2} µs",
-                dtype_name(dtype),
-                batch,
-                r.apply[0],
-                r.apply[1],
-                r.apply[2],
-                r.copy,
-                2.0 * bytes as f64 / r.copy / 1e3,
-                r.one_shot[0],
-                r.one_shot[1],
-                r.one_shot[2],
-            );
-            rows.push(r);
-        }
-    }
-
-    // update_state: one change (a request replaced at one row) in a batch of 256.
-    let cfg = ProcessorConfig::builder()
-        .max_batch_size(CAPACITY)
-        .vocab_size(VOCAB)
-        .device(device.clone())
-        .build()
-        .unwrap();
-    let mut update_rows = Vec::new();
-    for (name, mut p) in processors(&cfg) {
-        admit_all(p.as_mut(), CAPACITY);
-        let params = [
-            Arc::new(RequestParams::new().with_allowed_token_ids([7, 8, 9])),
-            Arc::new(RequestParams::new().with_allowed_token_ids(CHOICES)),
-        ];
-        let updates: Vec<Option<BatchUpdate>> = (0..4096)
-            .map(|i| {
-                let mut b = BatchUpdateBuilder::new();
-                let row = (i * 37) % CAPACITY;
-                b.remove(row);
-                let row = b.pop_removed().unwrap(); // the engine reuses the freed row
-                b.add(row, params[(i / CAPACITY) % 2].clone());
-                b.build(CAPACITY).cloned()
+                    .to_dtype(dtype)
+                    .unwrap()
             })
             .collect();
-        stream.synchronize().unwrap();
-        let mut times = Vec::with_capacity(updates.len());
-        for u in &updates {
-            let t = Instant::now();
-            p.update_state(u.as_ref()).unwrap();
-            times.push(t.elapsed().as_secs_f64() * 1e6);
+        let mut results = Vec::new();
+        for (label, kinds) in &configs {
+            let (mut p, _outs) = admitted(kinds, &device);
+            let has_mask = kinds.contains(&Bitmask);
+            let t = time_events(&stream, |i| {
+                if has_mask {
+                    p.token_bitmask_mut()
+                        .unwrap()
+                        .set_tensor(&mask, &all_rows)
+                        .unwrap();
+                }
+                p.apply(&logits[i % nbuf]).unwrap();
+            });
+            results.push((label.to_string(), t));
         }
-        let mean = times.iter().sum::<f64>() / times.len() as f64;
-        let one = median(times[64..].to_vec());
-        let mut none = Vec::with_capacity(4096);
-        for _ in 0..4096 {
-            let t = Instant::now();
-            p.update_state(None).unwrap();
-            none.push(t.elapsed().as_secs_f64() * 1e6);
+        drop(logits);
+        let host: Vec<u8> = (0..bytes).map(|j| (j * 31 + j / 4093) as u8).collect();
+        let src: Vec<CudaSlice<u8>> = (0..nbuf)
+            .map(|_| stream.clone_htod(&host).unwrap())
+            .collect();
+        let mut dst: Vec<CudaSlice<u8>> = (0..nbuf)
+            .map(|_| stream.alloc_zeros::<u8>(bytes).unwrap())
+            .collect();
+        let copy = time_events(&stream, |i| {
+            stream
+                .memcpy_dtod(&src[i % nbuf], &mut dst[(i + 1) % nbuf])
+                .unwrap()
+        });
+        drop((src, dst));
+        for (label, t) in &results {
+            println!(
+                "{:>4} {label}: {t:.2} µs ({:.2}x d2d copy {copy:.2} µs)",
+                dtype_name(dtype),
+                t / copy
+            );
         }
-        stream.synchronize().unwrap();
-        println!(
-            "update_state {name}: one change in 256: median {one:.2} µs (mean {mean:.2}); unchanged: median {:.3} µs",
-            median(none.clone())
-        );
-        update_rows.push((name, one, mean, median(none)));
+        table.push((dtype, copy, results));
     }
 
+    // Host cost of update_state for the whole pipeline (no synchronisation).
+    let all = [
+        Force,
+        Bitmask,
+        BadWords,
+        MinTokens,
+        Bias,
+        Penalties,
+        Temperature,
+        MinP,
+    ];
+    let (mut p, outs) = admitted(&all, &device);
+    let mut rng = StdRng::seed_from_u64(3);
+    let fresh: Vec<Arc<RequestParams>> = (0..64).map(|_| Arc::new(params(&mut rng))).collect();
+    let mut changes = BatchUpdateBuilder::new();
+    let mut one_change = Vec::new();
+    for i in 0..2048 {
+        let row = (i * 37) % BATCH;
+        changes.remove(row);
+        let r = changes.pop_removed().unwrap();
+        changes.add(r, fresh[i % fresh.len()].clone());
+        let t = Instant::now();
+        p.update_state(changes.build(BATCH)).unwrap();
+        one_change.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    // Re-admit so that every row follows an output list, then append one token per row.
+    let (mut p, outs2) = admitted(&all, &device);
+    drop(outs);
+    let mut append = Vec::new();
+    for step in 0..1024u32 {
+        for (r, o) in outs2.iter().enumerate() {
+            o.push((step * 7919 + r as u32) % VOCAB as u32);
+        }
+        let t = Instant::now();
+        p.update_state(None).unwrap();
+        append.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    stream.synchronize().unwrap();
+    let (one, app) = (
+        median(one_change[64..].to_vec()),
+        median(append[16..].to_vec()),
+    );
+    println!("update_state, whole pipeline, one request replaced in 256: median {one:.2} µs");
+    println!("update_state, whole pipeline, one output token appended to each of 256 rows: median {app:.2} µs");
+
     println!();
-    println!("## apply on {name}, vocab {VOCAB} (median µs per call, CUDA events; ratio = apply / d2d copy)");
+    println!("## apply on {name}, batch {BATCH} x vocab {VOCAB} (median µs per call, CUDA events)");
     println!();
-    println!("| dtype | batch | d2d copy | ForceToken | × copy | AllowedIds | × copy | Pipeline | × copy | one-shot F / A / P (sync incl.) |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} / {:.1} / {:.1} |",
-            dtype_name(r.dtype),
-            r.batch,
-            r.copy,
-            r.apply[0],
-            r.apply[0] / r.copy,
-            r.apply[1],
-            r.apply[1] / r.copy,
-            r.apply[2],
-            r.apply[2] / r.copy,
-            r.one_shot[0],
-            r.one_shot[1],
-            r.one_shot[2],
-        );
+    println!("| processor | dtype | µs | d2d copy µs | × copy |");
+    println!("|---|---|---:|---:|---:|");
+    for (dtype, copy, results) in &table {
+        for (label, t) in results {
+            println!(
+                "| {label} | {} | {t:.2} | {copy:.2} | {:.2} |",
+                dtype_name(*dtype),
+                t / copy
+            );
+        }
     }
     println!();
-    println!("| update_state, batch 256 | one change: median µs | mean µs | unchanged (None): median µs |");
-    println!("|---|---:|---:|---:|");
-    for (name, one, mean, none) in update_rows {
-        println!("| {name} | {one:.2} | {mean:.2} | {none:.3} |");
-    }
+    println!("| update_state (host, no sync), batch 256, all processors | median µs |");
+    println!("|---|---:|");
+    println!("| one request replaced | {one:.2} |");
+    println!("| one output token appended per row | {app:.2} |");
 }

@@ -7,11 +7,22 @@
 //! [`apply`](LogitsProcessor::apply) on the logits `[batch, vocab]`, which the processor shapes
 //! in place.
 //!
-//! Built-in processors, on any candle device and for f32, f16 and bf16 logits:
+//! Built-in processors, on any candle device and for f32, f16 and bf16 logits, each reading its
+//! per-request settings from [`RequestParams`] (vLLM's `SamplingParams` names; the full mapping
+//! to vLLM, HF transformers and OpenAI names is in `docs/processors.md`):
 //! - [`ForceToken`]: vLLM's per-request `allowed_token_ids`: only the given token ids survive;
+//! - [`TokenBitmask`]: a grammar engine's per-step allowed-token bitmask (llguidance/xgrammar
+//!   layout), from a host slice or a device tensor;
+//! - [`BadWords`], [`MinTokens`]: banned continuations and stop tokens held back until
+//!   `min_tokens`;
+//! - [`LogitBias`]: per-request `logit_bias` of any size;
+//! - [`Penalties`]: repetition, frequency and presence penalties, counts following the output
+//!   tokens (appends and rollbacks);
+//! - [`Temperature`], [`MinP`] (argmax-invariant);
 //! - [`AllowedIds`]: one global id list for every row: a global logit bias
 //!   ([`AllowedMode::Boost`]) or a global allow-list ([`AllowedMode::Mask`]);
-//! - [`Pipeline`]: several processors fed as one, fusing the built-ins into one pass.
+//! - [`Pipeline`]: several processors fed as one, fusing the built-ins into as few passes over
+//!   the logits as their semantics allow (one fused op in vLLM's order).
 //!
 //! An engine keeps its requests on rows with a [`PersistentBatch`], keyed by its own request
 //! ids: it says which requests leave, join or reorder, and the batch picks the rows (vLLM's

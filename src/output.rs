@@ -227,3 +227,70 @@ impl Drop for OutputCursor {
         }
     }
 }
+
+/// One step's output changes of every row of a batch, read once (one lock per row) and shared
+/// by the processors that follow output tokens.
+#[derive(Debug, Default)]
+pub(crate) struct StepOutputs {
+    changes: Vec<OutputChange>,
+    /// Row `r`'s changes are `changes[start[r]..start[r + 1]]`.
+    start: Vec<usize>,
+    /// Row `r`'s output length after the changes (0 for a row without a cursor).
+    len: Vec<usize>,
+}
+
+impl StepOutputs {
+    /// Starts a new step.
+    pub(crate) fn clear(&mut self) {
+        self.changes.clear();
+        self.start.clear();
+        self.len.clear();
+        self.start.push(0);
+    }
+
+    /// Appends the next row: its cursor's changes since the last sync (none without a cursor).
+    pub(crate) fn push_row(&mut self, cursor: Option<&mut OutputCursor>) {
+        let len = match cursor {
+            Some(c) => {
+                let changes = &mut self.changes;
+                c.sync(|ch| changes.push(ch));
+                c.len()
+            }
+            None => 0,
+        };
+        self.start.push(self.changes.len());
+        self.len.push(len);
+    }
+
+    /// Row `row`'s changes this step (rollbacks first, last-first; then appends in order).
+    pub(crate) fn row(&self, row: usize) -> &[OutputChange] {
+        match (self.start.get(row), self.start.get(row + 1)) {
+            (Some(&a), Some(&b)) => &self.changes[a..b],
+            _ => &[],
+        }
+    }
+
+    /// Row `row`'s output length after this step's changes.
+    pub(crate) fn len(&self, row: usize) -> usize {
+        self.len.get(row).copied().unwrap_or(0)
+    }
+}
+
+/// Calls `f` for row `row`'s output changes of this step: from the pipeline's `fed` changes, or
+/// else from the processor's own `cursor`. Returns how many there were.
+pub(crate) fn for_changes(
+    fed: Option<&StepOutputs>,
+    row: usize,
+    cursor: Option<&mut OutputCursor>,
+    mut f: impl FnMut(OutputChange),
+) -> usize {
+    match (fed, cursor) {
+        (Some(o), _) => {
+            let changes = o.row(row);
+            changes.iter().for_each(|&c| f(c));
+            changes.len()
+        }
+        (None, Some(c)) => c.sync(f),
+        (None, None) => 0,
+    }
+}

@@ -47,7 +47,7 @@ fn build(
     kind: Kind,
     cap: usize,
     vocab: usize,
-    max_tokens: usize,
+    _max_tokens: usize,
     allowed: &[u32],
     boost: f32,
     gpu: &Device,

@@ -209,12 +209,30 @@ fn keep_only<E: Logit>(row: &mut [E], ids: &[u32]) {
     row[next..].fill(E::NEG_INF);
 }
 
-fn kept(keep: Option<&[u32]>, t: usize) -> bool {
-    keep.is_none_or(|k| k[t / 32] >> (t % 32) & 1 == 1)
+/// The largest `f(x)` over `xs`, NaN ignored (eight independent lanes, so the loop pipelines).
+fn max_of<E: Logit>(xs: &[E], f: impl Fn(E) -> f32) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            let v = f(x);
+            if v > *m {
+                *m = v;
+            }
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for v in lanes.into_iter().chain(rest.iter().map(|&x| f(x))) {
+        if v > m {
+            m = v;
+        }
+    }
+    m
 }
 
 /// Masked elements to −inf; kept ones divided by `temp` (rounded) and cut below
-/// `max + ln_min_p`.
+/// `max + ln_min_p`, the maximum taken over the kept, tempered elements.
 fn scale_and_cut<E: Logit>(row: &mut [E], keep: Option<&[u32]>, temp: f32, ln_min_p: f32) {
     let tempered = |x: E| {
         if temp != 1.0 {
@@ -223,40 +241,67 @@ fn scale_and_cut<E: Logit>(row: &mut [E], keep: Option<&[u32]>, temp: f32, ln_mi
             x
         }
     };
+    let value = |x: E| tempered(x).get();
     let threshold = if ln_min_p != NO_MIN_P {
-        let mut max = f32::NEG_INFINITY;
-        for (t, &x) in row.iter().enumerate() {
-            if kept(keep, t) {
-                max = max.max(tempered(x).get());
+        let max = match keep {
+            None => max_of(row, value),
+            Some(k) => {
+                let mut m = f32::NEG_INFINITY;
+                for (chunk, &bits) in row.chunks(32).zip(k) {
+                    let v = match bits {
+                        0 => continue,
+                        u32::MAX => max_of(chunk, value),
+                        _ => max_of_bits(chunk, bits, value),
+                    };
+                    if v > m {
+                        m = v;
+                    }
+                }
+                m
             }
-        }
+        };
         max + ln_min_p
     } else {
         f32::NEG_INFINITY
     };
+    let cut = |x: &mut E| {
+        let y = tempered(*x);
+        *x = if y.get() < threshold { E::NEG_INF } else { y };
+    };
     match keep {
         Some(k) => {
-            for (w, chunk) in row.chunks_mut(32).enumerate() {
-                let bits = k[w];
-                if bits == 0 {
-                    chunk.fill(E::NEG_INF);
-                    continue;
-                }
-                for (i, x) in chunk.iter_mut().enumerate() {
-                    if bits >> i & 1 == 0 {
-                        *x = E::NEG_INF;
-                    } else {
-                        let y = tempered(*x);
-                        *x = if y.get() < threshold { E::NEG_INF } else { y };
+            for (chunk, &bits) in row.chunks_mut(32).zip(k) {
+                match bits {
+                    0 => chunk.fill(E::NEG_INF),
+                    u32::MAX => chunk.iter_mut().for_each(cut),
+                    _ => {
+                        for (i, x) in chunk.iter_mut().enumerate() {
+                            if bits >> i & 1 == 0 {
+                                *x = E::NEG_INF;
+                            } else {
+                                cut(x);
+                            }
+                        }
                     }
                 }
             }
         }
-        None => {
-            for x in row.iter_mut() {
-                let y = tempered(*x);
-                *x = if y.get() < threshold { E::NEG_INF } else { y };
+        None => row.iter_mut().for_each(cut),
+    }
+}
+
+/// The largest `f(x)` over the elements of `chunk` whose bit is set in `bits`.
+fn max_of_bits<E: Logit>(chunk: &[E], mut bits: u32, f: impl Fn(E) -> f32) -> f32 {
+    let mut m = f32::NEG_INFINITY;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        if let Some(&x) = chunk.get(i) {
+            let v = f(x);
+            if v > m {
+                m = v;
             }
         }
     }
+    m
 }

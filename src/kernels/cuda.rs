@@ -1,40 +1,40 @@
-//! The masking kernel on CUDA: one fused, in-place launch on candle's stream.
+//! [`FusedOp`] on CUDA: at most three launches on candle's stream (sparse, row maximum,
+//! dense), no host synchronisation, no allocation once the scratch buffers have grown.
 //!
-//! The kernel source (`mask.cu`) is compiled with NVRTC the first time a device needs it (once
+//! The kernel source (`fused.cu`) is compiled with NVRTC the first time a device needs it (once
 //! per compute capability per process), loaded through candle's module cache, and its function
-//! handles are kept per device, so a step costs one kernel launch: no host synchronisation, no
-//! allocation (host or device) and no host-to-device copy.
+//! handles are kept per device.
 
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 use candle_core::cuda::{CudaDevice, CudaStorage, CudaStorageSlice, DeviceId, WrapErr};
-use candle_core::Layout;
+use candle_core::{Layout, Result};
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 
-use super::IdsMode;
-use super::MaskOp;
+use super::table::RowTable;
+use super::{FusedOp, IdsMode, StepMask};
 
-const SOURCE: &str = include_str!("mask.cu");
+const SOURCE: &str = include_str!("fused.cu");
 
-/// Threads per block (the kernel's `__launch_bounds__`).
+/// Threads per block (the kernels' `__launch_bounds__`).
 const THREADS: u32 = 256;
 /// The kernel's `LP_MAX_CHUNK`: the most tokens one block owns in a row.
 const MAX_CHUNK: u32 = 16384;
-/// The fewest tokens one block owns in a row (a multiple of 32: chunks start on bitmask words).
+/// The fewest tokens one block owns in a row (a multiple of 32: chunks start on mask words).
 const MIN_CHUNK: u32 = 1024;
 /// Blocks wanted per multiprocessor.
 const BLOCKS_PER_SM: u32 = 4;
 
-const MODE_NONE: i32 = 0;
-const MODE_BOOST: i32 = 1;
-const MODE_MASK: i32 = 2;
-
-/// A `u32` buffer on a CUDA device: the device side of a [`RowTable`](super::table::RowTable).
+/// A `u32` buffer on a CUDA device: the device side of a [`RowTable`].
 pub(crate) struct DeviceU32 {
     slice: CudaSlice<u32>,
+    dev: CudaDevice,
     stream: Arc<CudaStream>,
+    /// The flush count when this buffer last queued writes: while it is current, the queue
+    /// holds them, and newer writes to the same words must not share one scatter launch.
+    queued_at: Option<u64>,
 }
 
 impl std::fmt::Debug for DeviceU32 {
@@ -47,33 +47,74 @@ impl std::fmt::Debug for DeviceU32 {
 
 impl DeviceU32 {
     /// A device copy of `host` (at least one element), on `dev`'s stream. Allocates.
-    pub(crate) fn from_host(dev: &CudaDevice, host: &[u32]) -> candle_core::Result<Self> {
+    pub(crate) fn from_host(dev: &CudaDevice, host: &[u32]) -> Result<Self> {
         let stream = dev.cuda_stream();
         let slice = if host.is_empty() {
             stream.alloc_zeros::<u32>(1).w()?
         } else {
             stream.clone_htod(host).w()?
         };
-        Ok(Self { slice, stream })
+        Ok(Self {
+            slice,
+            dev: dev.clone(),
+            stream,
+            queued_at: None,
+        })
     }
 
     /// Copies `host` into elements `offset..offset + host.len()`: one asynchronous copy on the
     /// stream (the driver stages pageable memory, so `host` may change once this returns), no
     /// allocation, no synchronisation.
-    pub(crate) fn upload(&mut self, offset: usize, host: &[u32]) -> candle_core::Result<()> {
+    pub(crate) fn upload(&mut self, offset: usize, host: &[u32]) -> Result<()> {
         if host.is_empty() {
             return Ok(());
         }
+        flush(&self.dev)?; // queued single-word writes are older than this upload
         let end = offset + host.len();
         if end > self.slice.len() {
             candle_core::bail!(
-                "upload of {}..{end} past a device table of {}",
-                offset,
+                "upload of {offset}..{end} past a device table of {}",
                 self.slice.len()
             );
         }
         let mut dst = self.slice.slice_mut(offset..end);
         self.stream.memcpy_htod(host, &mut dst).w()
+    }
+
+    /// Queues `host[i]` for element `i`, for every `i` in `indices`: the writes of every table
+    /// of the device go out together, as one copy and one launch, at the next [`flush`] (before
+    /// any kernel of the fused op, any span upload and any reallocation).
+    pub(crate) fn scatter(&mut self, indices: &[u32], host: &[u32]) -> Result<()> {
+        if indices.is_empty() {
+            return Ok(());
+        }
+        let (base, _g) = self.slice.device_ptr(&self.stream);
+        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        let id = self.dev.id();
+        let q = match pending.iter().position(|p| p.dev.id() == id) {
+            Some(i) => &mut pending[i],
+            None => {
+                pending.push(Pending {
+                    dev: self.dev.clone(),
+                    triples: Vec::new(),
+                    staging: None,
+                    flushes: 0,
+                });
+                pending.last_mut().expect("pushed")
+            }
+        };
+        // The writes of one scatter launch land in any order: if this buffer's older writes are
+        // still queued, send them first.
+        if self.queued_at == Some(q.flushes) {
+            send(q)?;
+        }
+        self.queued_at = Some(q.flushes);
+        for &i in indices {
+            let addr = base + 4 * u64::from(i);
+            q.triples
+                .extend([addr as u32, (addr >> 32) as u32, host[i as usize]]);
+        }
+        Ok(())
     }
 
     /// The device address, and a guard that records the read once the kernel is queued.
@@ -82,12 +123,73 @@ impl DeviceU32 {
     }
 }
 
+impl Drop for DeviceU32 {
+    fn drop(&mut self) {
+        // Queued writes may target this buffer: send them before it is freed.
+        let _ = flush(&self.dev);
+    }
+}
+
+/// Deferred single-word writes of one device's tables.
+struct Pending {
+    dev: CudaDevice,
+    /// `[address low, address high, value]` triples.
+    triples: Vec<u32>,
+    staging: Option<CudaSlice<u32>>,
+    /// How many times the queue was sent.
+    flushes: u64,
+}
+
+static PENDING: Mutex<Vec<Pending>> = Mutex::new(Vec::new());
+
+/// Sends the queued table writes of `dev`: one copy and one scatter launch on its stream, no
+/// synchronisation; nothing when none is queued.
+pub(crate) fn flush(dev: &CudaDevice) -> Result<()> {
+    let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+    let id = dev.id();
+    match pending.iter_mut().find(|p| p.dev.id() == id) {
+        Some(q) => send(q),
+        None => Ok(()),
+    }
+}
+
+/// Sends one device's queue (the caller holds the `PENDING` lock).
+fn send(q: &mut Pending) -> Result<()> {
+    if q.triples.is_empty() {
+        return Ok(());
+    }
+    let dev = q.dev.clone();
+    let stream = dev.cuda_stream();
+    let need = q.triples.len();
+    if q.staging.as_ref().is_none_or(|s| s.len() < need) {
+        q.staging = Some(stream.alloc_zeros::<u32>(need.next_power_of_two()).w()?);
+    }
+    let staging = q.staging.as_mut().expect("allocated above");
+    {
+        let mut dst = staging.slice_mut(0..need);
+        stream.memcpy_htod(&q.triples, &mut dst).w()?;
+    }
+    let n = (need / 3) as u32;
+    q.triples.clear();
+    q.flushes += 1;
+    let k = kernels(&dev)?;
+    let (mut ptr, _g) = staging.device_ptr(&stream);
+    let mut n_arg = n;
+    let mut params: [*mut c_void; 2] = [
+        (&mut ptr) as *mut u64 as *mut c_void,
+        (&mut n_arg) as *mut u32 as *mut c_void,
+    ];
+    let blocks = n.div_ceil(THREADS).clamp(1, 1024);
+    launch(&k.scatter, &stream, (blocks, 1, 1), &mut params)
+}
+
 /// The loaded kernels of one device.
 struct Kernels {
-    /// `lp_mask_{f32,f16,bf16}`.
-    mask: [CudaFunction; 3],
-    /// `lp_boost_{f32,f16,bf16}`.
-    boost: [CudaFunction; 3],
+    /// `lp_sparse_{f32,f16,bf16}`.
+    sparse: [CudaFunction; 3],
+    /// `lp_dense_{f32,f16,bf16}`.
+    dense: [CudaFunction; 3],
+    scatter: CudaFunction,
     sms: u32,
 }
 
@@ -95,12 +197,14 @@ struct Kernels {
 static KERNELS: Mutex<Vec<(DeviceId, Arc<Kernels>)>> = Mutex::new(Vec::new());
 /// PTX per compute capability, compiled once.
 static PTX: Mutex<Vec<(i32, Arc<str>)>> = Mutex::new(Vec::new());
+/// Per device, the row-maximum scratch of min-p (grow-only).
+static PARTIAL: Mutex<Vec<(DeviceId, CudaSlice<f32>)>> = Mutex::new(Vec::new());
 
-fn attribute(stream: &CudaStream, attr: CUdevice_attribute) -> candle_core::Result<i32> {
+fn attribute(stream: &CudaStream, attr: CUdevice_attribute) -> Result<i32> {
     stream.context().attribute(attr).w()
 }
 
-fn ptx_for(cc: i32) -> candle_core::Result<Arc<str>> {
+fn ptx_for(cc: i32) -> Result<Arc<str>> {
     let mut cache = PTX.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, ptx)) = cache.iter().find(|(c, _)| *c == cc) {
         return Ok(ptx.clone());
@@ -109,7 +213,7 @@ fn ptx_for(cc: i32) -> candle_core::Result<Arc<str>> {
         fmad: Some(false),
         ftz: Some(false),
         options: vec![format!("--gpu-architecture=compute_{cc}")],
-        name: Some("logits_processors_mask.cu".into()),
+        name: Some("logits_processors_fused.cu".into()),
         ..Default::default()
     };
     let ptx: Arc<str> = cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts)
@@ -120,7 +224,7 @@ fn ptx_for(cc: i32) -> candle_core::Result<Arc<str>> {
     Ok(ptx)
 }
 
-fn kernels(dev: &CudaDevice) -> candle_core::Result<Arc<Kernels>> {
+fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
     let id = dev.id();
     {
         let cache = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
@@ -143,23 +247,24 @@ fn kernels(dev: &CudaDevice) -> candle_core::Result<Arc<Kernels>> {
     )?;
     let cc = major * 10 + minor;
     let ptx = ptx_for(cc)?;
-    let module = format!("logits_processors_mask_sm{cc}");
-    let load = |name: &str| -> candle_core::Result<CudaFunction> {
+    let module = format!("logits_processors_fused_sm{cc}");
+    let load = |name: &str| -> Result<CudaFunction> {
         Ok(dev
             .get_or_load_custom_func(name, &module, &ptx)?
             .into_cuda_function())
     };
     let k = Arc::new(Kernels {
-        mask: [
-            load("lp_mask_f32")?,
-            load("lp_mask_f16")?,
-            load("lp_mask_bf16")?,
+        sparse: [
+            load("lp_sparse_f32")?,
+            load("lp_sparse_f16")?,
+            load("lp_sparse_bf16")?,
         ],
-        boost: [
-            load("lp_boost_f32")?,
-            load("lp_boost_f16")?,
-            load("lp_boost_bf16")?,
+        dense: [
+            load("lp_dense_f32")?,
+            load("lp_dense_f16")?,
+            load("lp_dense_bf16")?,
         ],
+        scatter: load("lp_scatter")?,
         sms: sms.max(1) as u32,
     });
     let mut cache = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
@@ -185,10 +290,10 @@ fn launch(
     stream: &CudaStream,
     grid: (u32, u32, u32),
     params: &mut [*mut c_void],
-) -> candle_core::Result<()> {
+) -> Result<()> {
     stream.context().bind_to_thread().w()?;
     // SAFETY: `params` matches the kernel's signature (checked by the callers against
-    // mask.cu), every pointer in it is live for the launch, and the kernel stays inside the
+    // fused.cu), every pointer in it is live for the launch, and the kernel stays inside the
     // `[batch, vocab]` logits and the tables it is given.
     unsafe {
         cudarc::driver::result::launch_kernel(
@@ -203,25 +308,49 @@ fn launch(
     .w()
 }
 
-/// The device side of a processor's table.
-fn device_table(t: &super::table::RowTable) -> candle_core::Result<&DeviceU32> {
+/// The device side of a table.
+fn device_table(t: &RowTable) -> Result<&DeviceU32> {
     t.cuda().ok_or_else(|| {
         candle_core::Error::Msg("processor state is not on the CUDA device of the logits".into())
     })
 }
 
-/// Applies `op` to the contiguous `[batch, vocab]` logits in `storage` in place: one kernel
-/// launch on candle's stream.
-pub(crate) fn mask(
-    op: &MaskOp<'_>,
+/// Pointer guards of one launch (no allocation).
+struct Guards<'a>([Option<SyncOnDrop<'a>>; 12], usize);
+
+impl<'a> Guards<'a> {
+    fn new() -> Self {
+        Self(std::array::from_fn(|_| None), 0)
+    }
+
+    /// The device address of an optional table (0 when absent) and its width.
+    fn table(&mut self, t: Option<&'a RowTable>, stream: &'a CudaStream) -> Result<(u64, u32)> {
+        let Some(t) = t else { return Ok((0, 0)) };
+        let (p, g) = device_table(t)?.ptr(stream);
+        self.0[self.1] = Some(g);
+        self.1 += 1;
+        Ok((p, t.width() as u32))
+    }
+}
+
+macro_rules! arg {
+    ($x:expr) => {
+        (&mut $x) as *mut _ as *mut c_void
+    };
+}
+
+/// Applies `op` to the contiguous `[batch, vocab]` logits in `storage` in place.
+pub(crate) fn run(
+    op: &FusedOp<'_>,
     storage: &mut CudaStorage,
     layout: &Layout,
-) -> candle_core::Result<()> {
+    mask: Option<(&CudaStorage, &Layout)>,
+) -> Result<()> {
     let Some((start, end)) = layout.contiguous_offsets() else {
         candle_core::bail!("logits must be contiguous");
     };
     let (batch, vocab) = (op.batch, op.vocab);
-    if batch == 0 || (op.force.is_none() && op.allowed.is_none()) {
+    if batch == 0 {
         return Ok(());
     }
     if end - start != batch * vocab {
@@ -233,28 +362,11 @@ pub(crate) fn mask(
     let (Ok(batch32), Ok(vocab32)) = (u32::try_from(batch), u32::try_from(vocab)) else {
         candle_core::bail!("batch {batch} or vocab {vocab} does not fit in a u32");
     };
-    let force = op.force.map(|f| device_table(f.table)).transpose()?;
-    let force_width = op.force.map_or(0, |f| f.table.row(0).len()) as u32;
-    let (allowed_ids, allowed_bits) = match op.allowed {
-        Some(a) => (Some(device_table(a.ids)?), Some(device_table(a.bits)?)),
-        None => (None, None),
-    };
-    let (mode, mut boost) = match op.allowed.map(|a| a.mode) {
-        None => (MODE_NONE, 0f32),
-        Some(IdsMode::Boost(b)) => (MODE_BOOST, b),
-        Some(IdsMode::Mask) => (MODE_MASK, 0f32),
-    };
-    let n_ids = op.allowed.map_or(0, |a| a.n_ids);
-    if force.is_none() && mode == MODE_BOOST && n_ids == 0 {
-        return Ok(());
-    }
-
     let dev = storage.device.clone();
+    flush(&dev)?; // the processors' queued table writes go first
     let k = kernels(&dev)?;
     let stream = dev.cuda_stream();
 
-    // The logits' device address (at the layout's start); the guard records the kernel's write
-    // once it is queued.
     let (which, elem_size, (base, _logits_guard)) = match &mut storage.slice {
         CudaStorageSlice::F32(s) => (0usize, 4usize, s.device_ptr_mut(&stream)),
         CudaStorageSlice::F16(s) => (1, 2, s.device_ptr_mut(&stream)),
@@ -262,65 +374,153 @@ pub(crate) fn mask(
         _ => candle_core::bail!("unsupported logits dtype (f32, f16 or bf16 only)"),
     };
     let mut logits = base + (start * elem_size) as u64;
-    let (mut batch_arg, mut vocab_arg) = (batch32, vocab32);
+    let mut guards = Guards::new();
 
-    if force.is_none() && mode == MODE_BOOST {
-        // AllowedIds boost alone: one thread per (row, id); only those logits are touched.
-        let ids = allowed_ids.expect("boost mode has ids");
-        let (mut ids_ptr, _ids_guard) = ids.ptr(&stream);
-        let mut n_ids_arg = n_ids as u32;
-        let total = batch as u64 * n_ids as u64;
-        let blocks = total
-            .div_ceil(u64::from(THREADS))
-            .min(u64::from(k.sms) * 16)
-            .max(1) as u32;
-        let mut params: [*mut c_void; 6] = [
-            (&mut logits) as *mut u64 as *mut c_void,
-            (&mut batch_arg) as *mut u32 as *mut c_void,
-            (&mut vocab_arg) as *mut u32 as *mut c_void,
-            (&mut ids_ptr) as *mut u64 as *mut c_void,
-            (&mut n_ids_arg) as *mut u32 as *mut c_void,
-            (&mut boost) as *mut f32 as *mut c_void,
+    // Sparse phase.
+    let boost = match op.ids {
+        Some(a) if a.n_ids > 0 => match a.mode {
+            IdsMode::Boost(b) => Some((a, b)),
+            IdsMode::Mask => None,
+        },
+        _ => None,
+    };
+    if op.bans.iter().any(Option::is_some)
+        || boost.is_some()
+        || op.bias.is_some()
+        || op.penalties.is_some()
+    {
+        let (mut b0, mut b0w) = guards.table(op.bans[0], &stream)?;
+        let (mut b1, mut b1w) = guards.table(op.bans[1], &stream)?;
+        let (mut ids, _) = guards.table(boost.map(|(a, _)| a.ids), &stream)?;
+        let mut n_ids = boost.map_or(0, |(a, _)| a.n_ids as u32);
+        let mut boost_v = boost.map_or(0f32, |(_, b)| b);
+        let (mut bias, mut bias_w) = guards.table(op.bias, &stream)?;
+        let (mut pen, mut pen_w) = guards.table(op.penalties.map(|p| p.entries), &stream)?;
+        let (mut pen_params, _) = guards.table(op.penalties.map(|p| p.params), &stream)?;
+        let mut vocab_arg = vocab32;
+        let mut params: [*mut c_void; 14] = [
+            arg!(logits),
+            arg!(vocab_arg),
+            arg!(b0),
+            arg!(b0w),
+            arg!(b1),
+            arg!(b1w),
+            arg!(ids),
+            arg!(n_ids),
+            arg!(boost_v),
+            arg!(bias),
+            arg!(bias_w),
+            arg!(pen),
+            arg!(pen_w),
+            arg!(pen_params),
         ];
-        return launch(&k.boost[which], &stream, (blocks, 1, 1), &mut params);
+        launch(&k.sparse[which], &stream, (batch32, 1, 1), &mut params)?;
     }
 
+    // Dense phase.
+    let gmask = op.ids.filter(|a| a.mode == IdsMode::Mask).map(|a| a.bits);
+    if op.keep.is_none()
+        && gmask.is_none()
+        && op.step_mask.is_none()
+        && op.temperature.is_none()
+        && op.min_p.is_none()
+    {
+        return Ok(());
+    }
     let chunk = chunk_for(batch, vocab, elem_size, k.sms);
-    let grid = (vocab32.div_ceil(chunk), batch32.min(65_535), 1);
-    let mut chunk_arg = chunk;
-    let (mut force_ptr, _force_guard) = match force {
-        Some(t) => {
-            let (p, g) = t.ptr(&stream);
-            (p, Some(g))
+    let nchunks = vocab32.div_ceil(chunk);
+    let grid = (nchunks, batch32.min(65_535), 1);
+    let (mut keep, mut keep_w) = guards.table(op.keep, &stream)?;
+    let (mut gbits, _) = guards.table(gmask, &stream)?;
+    let (mut temps, _) = guards.table(op.temperature, &stream)?;
+    let (mut minps, _) = guards.table(op.min_p, &stream)?;
+    let (mut sactive, _) = guards.table(op.step_mask.map(|m| m.active()), &stream)?;
+    let mut smask = 0u64;
+    let mut _smask_guard = None;
+    let words = vocab.div_ceil(32);
+    match op.step_mask {
+        Some(StepMask::Table { words: w, .. }) => {
+            let (p, g) = device_table(w)?.ptr(&stream);
+            smask = p;
+            _smask_guard = Some(g);
         }
-        None => (0u64, None),
-    };
-    let mut force_width_arg = force_width;
-    let (mut bits_ptr, _bits_guard) = match allowed_bits {
-        Some(t) => {
-            let (p, g) = t.ptr(&stream);
-            (p, Some(g))
+        Some(StepMask::Tensor { .. }) => {
+            let Some((m, ml)) = mask else {
+                candle_core::bail!("the step's bitmask tensor was not passed to the kernel");
+            };
+            let Some((ms, me)) = ml.contiguous_offsets() else {
+                candle_core::bail!("the bitmask must be contiguous");
+            };
+            if me - ms != batch * words {
+                candle_core::bail!(
+                    "the bitmask holds {} words, expected {batch} x {words}",
+                    me - ms
+                );
+            }
+            let (p, g) = m.as_cuda_slice::<u32>()?.device_ptr(&stream);
+            smask = p + (ms * 4) as u64;
+            _smask_guard = Some(g);
         }
-        None => (0u64, None),
-    };
-    let mut mode_arg = mode;
-    let mut params: [*mut c_void; 9] = [
-        (&mut logits) as *mut u64 as *mut c_void,
-        (&mut batch_arg) as *mut u32 as *mut c_void,
-        (&mut vocab_arg) as *mut u32 as *mut c_void,
-        (&mut chunk_arg) as *mut u32 as *mut c_void,
-        (&mut force_ptr) as *mut u64 as *mut c_void,
-        (&mut force_width_arg) as *mut u32 as *mut c_void,
-        (&mut bits_ptr) as *mut u64 as *mut c_void,
-        (&mut mode_arg) as *mut i32 as *mut c_void,
-        (&mut boost) as *mut f32 as *mut c_void,
-    ];
-    launch(&k.mask[which], &stream, grid, &mut params)
+        None => {}
+    }
+    let mut partial = 0u64;
+    let mut partial_cache = None;
+    if op.min_p.is_some() {
+        let need = batch * nchunks as usize;
+        let mut cache = PARTIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let id = dev.id();
+        let pos = match cache.iter().position(|(d, s)| *d == id && s.len() >= need) {
+            Some(p) => p,
+            None => {
+                cache.retain(|(d, _)| *d != id);
+                cache.push((id, stream.alloc_zeros::<f32>(need.next_power_of_two()).w()?));
+                cache.len() - 1
+            }
+        };
+        partial_cache = Some(cache);
+        let (p, g) = partial_cache.as_mut().expect("locked")[pos]
+            .1
+            .device_ptr_mut(&stream);
+        partial = p;
+        drop(g); // the stream orders the two passes; the buffer outlives them (static)
+    }
+    let (mut batch_arg, mut vocab_arg, mut chunk_arg, mut nchunks_arg) =
+        (batch32, vocab32, chunk, nchunks);
+    for pass in if op.min_p.is_some() { 0i32..2 } else { 1..2 } {
+        let mut pass_arg = pass;
+        let mut params: [*mut c_void; 14] = [
+            arg!(logits),
+            arg!(batch_arg),
+            arg!(vocab_arg),
+            arg!(chunk_arg),
+            arg!(keep),
+            arg!(keep_w),
+            arg!(gbits),
+            arg!(smask),
+            arg!(sactive),
+            arg!(temps),
+            arg!(minps),
+            arg!(partial),
+            arg!(nchunks_arg),
+            arg!(pass_arg),
+        ];
+        launch(&k.dense[which], &stream, grid, &mut params)?;
+    }
+    drop(partial_cache);
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kernel_source_compiles_with_nvrtc() {
+        let ptx = ptx_for(90).unwrap();
+        for name in ["lp_sparse_bf16", "lp_dense_f16", "lp_scatter"] {
+            assert!(ptx.contains(name), "{name} missing from the PTX");
+        }
+    }
 
     #[test]
     fn chunks_fill_the_device_and_stay_in_bounds() {
@@ -333,7 +533,7 @@ mod tests {
         for b in [1, 8, 64, 256, 1000] {
             for es in [2, 4] {
                 let c = chunk_for(b, 151_936, es, 132);
-                assert!(c % 32 == 0 && (MIN_CHUNK..=MAX_CHUNK).contains(&c));
+                assert!(c.is_multiple_of(32) && (MIN_CHUNK..=MAX_CHUNK).contains(&c));
             }
         }
     }

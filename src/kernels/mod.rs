@@ -79,8 +79,8 @@ pub(crate) enum StepMask<'a> {
     },
 }
 
-impl StepMask<'_> {
-    pub(crate) fn active(&self) -> &RowTable {
+impl<'a> StepMask<'a> {
+    pub(crate) fn active(self) -> &'a RowTable {
         match self {
             StepMask::Table { active, .. } | StepMask::Tensor { active, .. } => active,
         }

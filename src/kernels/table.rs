@@ -63,6 +63,12 @@ impl RowTable {
         Ok(t)
     }
 
+    /// Words per row.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn width(&self) -> usize {
+        self.width
+    }
+
     /// Row `row` of the host mirror.
     pub(crate) fn row(&self, row: usize) -> &[u32] {
         &self.host[row * self.width..(row + 1) * self.width]
@@ -122,6 +128,8 @@ impl RowTable {
         self.dirty = None;
         #[cfg(feature = "cuda")]
         if let Device::Cuda(dev) = &self.device {
+            // Dropping the old buffer sends the writes queued for it first.
+            self.cuda = None;
             self.cuda = Some(super::cuda::DeviceU32::from_host(dev, &self.host)?);
         }
         Ok(())

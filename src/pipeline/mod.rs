@@ -7,6 +7,7 @@ use crate::config::ProcessorConfig;
 use crate::error::{ConfigError, Result};
 use crate::kernels::FusedOp;
 use crate::ledger::RowLedger;
+use crate::output::{OutputCursor, StepOutputs};
 use crate::params::RequestParams;
 use crate::processor::LogitsProcessor;
 
@@ -71,7 +72,11 @@ use stage::{can_join, Kind};
 /// ```
 pub struct Pipeline {
     config: ProcessorConfig,
-    ledger: RowLedger<()>,
+    /// Per request, a cursor on its output tokens when a stage follows them: the pipeline reads
+    /// each request's new tokens once per step for all such stages.
+    ledger: RowLedger<OutputCursor>,
+    follows_outputs: bool,
+    outputs: StepOutputs,
     stages: Vec<Stage>,
 }
 
@@ -121,7 +126,7 @@ impl PipelineBuilder {
     /// vocabulary or device than the pipeline; [`ConfigError::StageNotFresh`] if a built-in
     /// stage has already followed a batch. (Custom stages cannot be checked: build them from the
     /// same configuration and give them fresh.)
-    pub fn build(self) -> Result<Pipeline> {
+    pub fn build(mut self) -> Result<Pipeline> {
         for stage in &self.stages {
             if let Kind::Builtin(b) = &stage.0 {
                 self.config.check_stage(b.name(), b.config())?;
@@ -134,9 +139,20 @@ impl PipelineBuilder {
                 }
             }
         }
+        let mut follows_outputs = false;
+        for stage in &mut self.stages {
+            if let Kind::Builtin(b) = &mut stage.0 {
+                if b.follows_outputs() {
+                    b.set_fed();
+                    follows_outputs = true;
+                }
+            }
+        }
         Ok(Pipeline {
             ledger: RowLedger::new(self.config.max_batch_size()),
             config: self.config,
+            follows_outputs,
+            outputs: StepOutputs::default(),
             stages: self.stages,
         })
     }
@@ -258,16 +274,25 @@ impl LogitsProcessor for Pipeline {
 
     fn update_state(&mut self, update: Option<&BatchUpdate>) -> Result<()> {
         // One transactional pass: the rules, then every added request against every stage.
-        let stages = &self.stages;
+        let (stages, follows) = (&self.stages, self.follows_outputs);
         self.ledger.apply(update, |added| {
             stages
                 .iter()
-                .try_for_each(|s| s.processor().validate_params(&added.params))
-                .map(|()| None)
+                .try_for_each(|s| s.processor().validate_params(&added.params))?;
+            Ok(follows.then(|| added.output_token_ids.cursor()))
         })?;
-        self.stages
-            .iter_mut()
-            .try_for_each(|s| s.processor_mut().update_state(update))
+        // The step's output changes, read once per request for every stage that follows them.
+        self.outputs.clear();
+        if self.follows_outputs {
+            for (_, cursor) in self.ledger.rows_mut() {
+                self.outputs.push_row(cursor);
+            }
+        }
+        let outputs = &self.outputs;
+        self.stages.iter_mut().try_for_each(|s| match &mut s.0 {
+            Kind::Builtin(b) => b.update_fed(update, outputs),
+            Kind::Custom(c) => c.update_state(update),
+        })
     }
 
     fn apply(&mut self, logits: &Tensor) -> Result<()> {

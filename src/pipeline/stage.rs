@@ -44,13 +44,6 @@ impl Stage {
             Kind::Custom(c) => c.as_ref(),
         }
     }
-
-    pub(crate) fn processor_mut(&mut self) -> &mut dyn LogitsProcessor {
-        match &mut self.0 {
-            Kind::Builtin(b) => b.as_mut(),
-            Kind::Custom(c) => c.as_mut(),
-        }
-    }
 }
 
 impl std::fmt::Debug for Stage {
@@ -78,6 +71,21 @@ pub(crate) trait Builtin: LogitsProcessor {
     fn part(&self) -> Option<Part<'_>>;
     /// Called after every apply of the pipeline (a per-step input is consumed).
     fn finish_step(&mut self) {}
+    /// Whether it reads output tokens; a pipeline then reads them once for all such stages.
+    fn follows_outputs(&self) -> bool {
+        false
+    }
+    /// From now on the output changes come from [`update_fed`](Self::update_fed) (a pipeline
+    /// reads them); the processor opens no cursors of its own.
+    fn set_fed(&mut self) {}
+    /// `update_state` with this step's output changes, read by the pipeline for every row.
+    fn update_fed(
+        &mut self,
+        update: Option<&crate::batch::BatchUpdate>,
+        _outputs: &crate::output::StepOutputs,
+    ) -> crate::error::Result<()> {
+        self.update_state(update)
+    }
     /// The stage as a [`TokenBitmask`], if it is one.
     fn as_token_bitmask(&mut self) -> Option<&mut TokenBitmask> {
         None

@@ -5,7 +5,7 @@ use crate::config::ProcessorConfig;
 use crate::error::{ParamsError, Result};
 use crate::kernels::table::RowTable;
 use crate::ledger::RowLedger;
-use crate::output::OutputCursor;
+use crate::output::{for_changes, OutputChange, OutputCursor, StepOutputs};
 use crate::params::RequestParams;
 use crate::pipeline::stage::{Builtin, Part};
 use crate::processor::LogitsProcessor;
@@ -65,6 +65,10 @@ pub struct BadWords {
     ledger: RowLedger<Row>,
     table: RowTable,
     scratch: Vec<u32>,
+    /// Rows touched by the current update (reused).
+    marks: Vec<bool>,
+    /// In a pipeline: output changes come from the pipeline.
+    fed: bool,
 }
 
 #[derive(Debug)]
@@ -73,7 +77,10 @@ struct Row {
     singles: Vec<u32>,
     /// Longer sequences.
     words: Vec<Vec<u32>>,
+    /// The request's output (standalone only).
     cursor: Option<OutputCursor>,
+    /// The output as of this step, when the request has longer sequences.
+    output: Vec<u32>,
     /// The banned set written to the table (sorted).
     banned: Vec<u32>,
 }
@@ -90,6 +97,8 @@ impl BadWords {
             ledger: RowLedger::new(config.max_batch_size()),
             table: RowTable::new(config.max_batch_size(), 1 + 4, 0, config.device())?,
             scratch: Vec::new(),
+            marks: vec![false; config.max_batch_size()],
+            fed: false,
         })
     }
 
@@ -111,18 +120,24 @@ fn check(config: &ProcessorConfig, params: &RequestParams) -> Result<()> {
     Ok(())
 }
 
-/// The banned set of a row (sorted, distinct) for the output `tail`, into `out`.
-fn banned(singles: &[u32], words: &[Vec<u32>], output: &[u32], out: &mut Vec<u32>) {
+/// The banned set of a row (sorted, distinct) for its `output`, into `out`; whether a longer
+/// sequence matched.
+fn banned(singles: &[u32], words: &[Vec<u32>], output: &[u32], out: &mut Vec<u32>) -> bool {
     out.clear();
     out.extend_from_slice(singles);
+    let mut matched = false;
     for w in words {
         let prefix = &w[..w.len() - 1];
         if output.ends_with(prefix) {
             out.push(w[w.len() - 1]);
+            matched = true;
         }
     }
-    out.sort_unstable();
-    out.dedup();
+    if matched {
+        out.sort_unstable();
+        out.dedup();
+    }
+    matched
 }
 
 impl LogitsProcessor for BadWords {
@@ -135,7 +150,19 @@ impl LogitsProcessor for BadWords {
     }
 
     fn update_state(&mut self, update: Option<&BatchUpdate>) -> Result<()> {
-        let config = &self.config;
+        self.update(update, None)
+    }
+
+    apply_alone!();
+
+    fn is_argmax_invariant(&self) -> bool {
+        false
+    }
+}
+
+impl BadWords {
+    fn update(&mut self, update: Option<&BatchUpdate>, fed: Option<&StepOutputs>) -> Result<()> {
+        let (config, own) = (&self.config, !self.fed);
         self.ledger.apply(update, |a| {
             check(config, &a.params)?;
             let all = &a.params.bad_words_token_ids;
@@ -146,49 +173,72 @@ impl LogitsProcessor for BadWords {
             let words: Vec<Vec<u32>> = all.iter().filter(|w| w.len() > 1).cloned().collect();
             Ok(Some(Row {
                 singles: sorted_set(&singles),
-                cursor: (!words.is_empty()).then(|| a.output_token_ids.cursor()),
+                cursor: (own && !words.is_empty()).then(|| a.output_token_ids.cursor()),
                 words,
+                output: Vec::new(),
                 banned: Vec::new(),
             }))
         })?;
-        for i in 0..self.ledger.touched().len() {
-            let row = self.ledger.touched()[i];
-            match self.ledger.get_mut(row) {
-                Some(r) => {
-                    if let Some(c) = &mut r.cursor {
-                        c.sync(|_| {});
-                    }
-                    let output = r.cursor.as_ref().map_or(&[][..], |c| c.tokens());
-                    banned(&r.singles, &r.words, output, &mut r.banned);
-                    write_list(&mut self.table, row, 1, &r.banned)?;
-                }
-                None => write_list(&mut self.table, row, 1, &[])?,
-            }
+        for &row in self.ledger.touched() {
+            self.marks[row] = true;
         }
+        let (table, scratch, marks) = (&mut self.table, &mut self.scratch, &mut self.marks);
+        let mut result = Ok(());
         for (row, state) in self.ledger.rows_mut() {
-            let Some(r) = state else { continue };
-            let Some(c) = &mut r.cursor else { continue };
-            if c.sync(|_| {}) == 0 {
+            let touched = std::mem::take(&mut marks[row]);
+            let Some(r) = state else {
+                if touched {
+                    result = result.and(write_list(table, row, 1, &[]));
+                }
+                continue;
+            };
+            let mut changed = 0;
+            if !r.words.is_empty() {
+                let output = &mut r.output;
+                changed = for_changes(fed, row, r.cursor.as_mut(), |c| match c {
+                    OutputChange::Appended(t) => output.push(t),
+                    OutputChange::Removed(_) => {
+                        output.pop();
+                    }
+                });
+            }
+            if !touched && changed == 0 {
                 continue;
             }
-            banned(&r.singles, &r.words, c.tokens(), &mut self.scratch);
-            if self.scratch != r.banned {
-                std::mem::swap(&mut self.scratch, &mut r.banned);
-                write_list(&mut self.table, row, 1, &r.banned)?;
+            let matched = banned(&r.singles, &r.words, &r.output, scratch);
+            if !touched && !matched && r.banned.len() == r.singles.len() {
+                continue; // still just the one-token sequences
+            }
+            if touched || *scratch != r.banned {
+                std::mem::swap(scratch, &mut r.banned);
+                result = result.and(write_list(table, row, 1, &r.banned));
             }
         }
+        // Rows past the batch that an update emptied.
+        for &row in self.ledger.touched() {
+            if std::mem::take(&mut self.marks[row]) {
+                write_list(&mut self.table, row, 1, &[])?;
+            }
+        }
+        result?;
         Ok(self.table.sync()?)
-    }
-
-    apply_alone!();
-
-    fn is_argmax_invariant(&self) -> bool {
-        false
     }
 }
 
 impl Builtin for BadWords {
     builtin_basics!();
+
+    fn follows_outputs(&self) -> bool {
+        true
+    }
+
+    fn set_fed(&mut self) {
+        self.fed = true;
+    }
+
+    fn update_fed(&mut self, update: Option<&BatchUpdate>, outputs: &StepOutputs) -> Result<()> {
+        self.update(update, Some(outputs))
+    }
 
     fn part(&self) -> Option<Part<'_>> {
         Some(Part::Bans(0, &self.table))

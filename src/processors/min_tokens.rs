@@ -5,7 +5,7 @@ use crate::config::ProcessorConfig;
 use crate::error::{ConfigError, Result};
 use crate::kernels::table::RowTable;
 use crate::ledger::RowLedger;
-use crate::output::OutputTokens;
+use crate::output::{OutputTokens, StepOutputs};
 use crate::params::RequestParams;
 use crate::pipeline::stage::{Builtin, Part};
 use crate::processor::LogitsProcessor;
@@ -60,13 +60,16 @@ pub struct MinTokens {
     eos: Vec<u32>,
     ledger: RowLedger<Row>,
     table: RowTable,
+    /// In a pipeline: output lengths come from the pipeline.
+    fed: bool,
 }
 
 #[derive(Debug)]
 struct Row {
     min: usize,
     stops: Vec<u32>,
-    out: OutputTokens,
+    /// The output handle (standalone only).
+    out: Option<OutputTokens>,
     banning: bool,
 }
 
@@ -99,6 +102,7 @@ impl MinTokens {
             eos,
             ledger: RowLedger::new(config.max_batch_size()),
             table: RowTable::new(config.max_batch_size(), 1 + 4, 0, config.device())?,
+            fed: false,
         })
     }
 
@@ -127,22 +131,39 @@ impl LogitsProcessor for MinTokens {
     }
 
     fn update_state(&mut self, update: Option<&BatchUpdate>) -> Result<()> {
-        let (config, eos) = (&self.config, &self.eos);
+        self.update(update, None)
+    }
+
+    apply_alone!();
+
+    fn is_argmax_invariant(&self) -> bool {
+        false
+    }
+}
+
+impl MinTokens {
+    fn update(&mut self, update: Option<&BatchUpdate>, fed: Option<&StepOutputs>) -> Result<()> {
+        let (config, eos, own) = (&self.config, &self.eos, !self.fed);
         self.ledger.apply(update, |a| {
             let stops = stops(config, eos, &a.params)?;
             Ok((a.params.min_tokens > 0 && !stops.is_empty()).then(|| Row {
                 min: a.params.min_tokens,
                 stops,
-                out: a.output_token_ids.clone(),
+                out: own.then(|| a.output_token_ids.clone()),
                 banning: false,
             }))
         })?;
+        let len_of = |row: usize, r: &Row| match (fed, &r.out) {
+            (Some(o), _) => o.len(row),
+            (None, Some(out)) => out.len(),
+            (None, None) => 0,
+        };
         // Rows whose request changed: rewrite their list from scratch.
         for i in 0..self.ledger.touched().len() {
             let row = self.ledger.touched()[i];
             let words = match self.ledger.get_mut(row) {
                 Some(r) => {
-                    r.banning = r.out.len() < r.min;
+                    r.banning = len_of(row, r) < r.min;
                     if r.banning {
                         &r.stops[..]
                     } else {
@@ -156,7 +177,7 @@ impl LogitsProcessor for MinTokens {
         // Every request: the ban flips when its output crosses `min` (either way: rollback).
         for (row, state) in self.ledger.rows_mut() {
             let Some(r) = state else { continue };
-            let banning = r.out.len() < r.min;
+            let banning = len_of(row, r) < r.min;
             if banning != r.banning {
                 r.banning = banning;
                 let words = if banning { &r.stops[..] } else { &[][..] };
@@ -165,16 +186,22 @@ impl LogitsProcessor for MinTokens {
         }
         Ok(self.table.sync()?)
     }
-
-    apply_alone!();
-
-    fn is_argmax_invariant(&self) -> bool {
-        false
-    }
 }
 
 impl Builtin for MinTokens {
     builtin_basics!();
+
+    fn follows_outputs(&self) -> bool {
+        true
+    }
+
+    fn set_fed(&mut self) {
+        self.fed = true;
+    }
+
+    fn update_fed(&mut self, update: Option<&BatchUpdate>, outputs: &StepOutputs) -> Result<()> {
+        self.update(update, Some(outputs))
+    }
 
     fn part(&self) -> Option<Part<'_>> {
         Some(Part::Bans(1, &self.table))

@@ -9,7 +9,7 @@ use crate::error::{ParamsError, Result};
 use crate::kernels::table::RowTable;
 use crate::kernels::{PenaltySpec, IN_PROMPT};
 use crate::ledger::RowLedger;
-use crate::output::{OutputChange, OutputCursor};
+use crate::output::{for_changes, OutputChange, OutputCursor, StepOutputs};
 use crate::params::RequestParams;
 use crate::pipeline::stage::{Builtin, Part};
 use crate::processor::LogitsProcessor;
@@ -73,6 +73,10 @@ pub struct Penalties {
     ledger: RowLedger<Row>,
     entries: RowTable,
     params: RowTable,
+    /// Rows touched by the current update (reused).
+    marks: Vec<bool>,
+    /// In a pipeline: output changes come from the pipeline.
+    fed: bool,
 }
 
 /// A multiplicative hasher for token ids (they are not attacker-chosen keys of a long-lived
@@ -99,7 +103,8 @@ type Index = HashMap<u32, u32, BuildHasherDefault<IdHasher>>;
 #[derive(Debug)]
 struct Row {
     params: [f32; 3],
-    cursor: OutputCursor,
+    /// The request's output (standalone only).
+    cursor: Option<OutputCursor>,
     index: Index,
     /// `[token, packed]` pairs, flat.
     entries: Vec<u32>,
@@ -119,6 +124,8 @@ impl Penalties {
             ledger: RowLedger::new(rows),
             entries: RowTable::new(rows, 1 + 2 * 16, 0, config.device())?,
             params: RowTable::new(rows, 3, neutral, config.device())?,
+            marks: vec![false; rows],
+            fed: false,
         })
     }
 
@@ -210,7 +217,19 @@ impl LogitsProcessor for Penalties {
     }
 
     fn update_state(&mut self, update: Option<&BatchUpdate>) -> Result<()> {
-        let vocab = self.config.vocab_size();
+        self.update(update, None)
+    }
+
+    apply_alone!();
+
+    fn is_argmax_invariant(&self) -> bool {
+        false
+    }
+}
+
+impl Penalties {
+    fn update(&mut self, update: Option<&BatchUpdate>, fed: Option<&StepOutputs>) -> Result<()> {
+        let (vocab, own) = (self.config.vocab_size(), !self.fed);
         self.ledger.apply(update, |a| {
             let Some(params) = penalties(&a.params)? else {
                 return Ok(None);
@@ -228,67 +247,72 @@ impl LogitsProcessor for Penalties {
             }
             Ok(Some(Row {
                 params,
-                cursor: a.output_token_ids.cursor(),
+                cursor: own.then(|| a.output_token_ids.cursor()),
                 index,
                 entries,
             }))
         })?;
-        // Rows whose request changed: bring the request up to date, write the row whole.
-        for i in 0..self.ledger.touched().len() {
-            let row = self.ledger.touched()[i];
-            match self.ledger.get_mut(row) {
-                Some(r) => {
-                    let Row {
-                        params,
-                        cursor,
-                        index,
-                        entries,
-                    } = r;
-                    let mut result = Ok(());
-                    cursor.sync(|c| {
-                        if result.is_ok() {
-                            result = count(&mut self.entries, vocab, row, index, entries, c, false);
-                        }
-                    });
-                    result?;
-                    for (k, p) in params.iter().enumerate() {
-                        self.params.set(row, k, p.to_bits());
-                    }
-                    crate::processors::write_list(&mut self.entries, row, 2, entries)?;
-                }
-                None => {
+        for &row in self.ledger.touched() {
+            self.marks[row] = true;
+        }
+        let (table, params_t, marks) = (&mut self.entries, &mut self.params, &mut self.marks);
+        let mut result = Ok(());
+        for (row, state) in self.ledger.rows_mut() {
+            let touched = std::mem::take(&mut marks[row]);
+            let Some(r) = state else {
+                if touched {
                     for (k, p) in [1f32, 0.0, 0.0].iter().enumerate() {
-                        self.params.set(row, k, p.to_bits());
+                        params_t.set(row, k, p.to_bits());
                     }
-                    self.entries.set(row, 0, 0);
+                    table.set(row, 0, 0);
+                }
+                continue;
+            };
+            // A request new at this row is written whole below; others word by word.
+            let (index, entries) = (&mut r.index, &mut r.entries);
+            for_changes(fed, row, r.cursor.as_mut(), |c| {
+                if result.is_ok() {
+                    result = count(table, vocab, row, index, entries, c, !touched);
+                }
+            });
+            if touched {
+                for (k, p) in r.params.iter().enumerate() {
+                    params_t.set(row, k, p.to_bits());
+                }
+                if result.is_ok() {
+                    result = crate::processors::write_list(table, row, 2, &r.entries);
                 }
             }
         }
-        // Every request: count the step's new (and rolled-back) tokens.
-        for (row, state) in self.ledger.rows_mut() {
-            let Some(r) = state else { continue };
-            let (cursor, index, entries) = (&mut r.cursor, &mut r.index, &mut r.entries);
-            let mut result = Ok(());
-            cursor.sync(|c| {
-                if result.is_ok() {
-                    result = count(&mut self.entries, vocab, row, index, entries, c, true);
+        // Rows past the batch that an update emptied.
+        for &row in self.ledger.touched() {
+            if std::mem::take(&mut self.marks[row]) {
+                for (k, p) in [1f32, 0.0, 0.0].iter().enumerate() {
+                    self.params.set(row, k, p.to_bits());
                 }
-            });
-            result?;
+                self.entries.set(row, 0, 0);
+            }
         }
+        result?;
         self.params.sync()?;
         Ok(self.entries.sync()?)
-    }
-
-    apply_alone!();
-
-    fn is_argmax_invariant(&self) -> bool {
-        false
     }
 }
 
 impl Builtin for Penalties {
     builtin_basics!();
+
+    fn follows_outputs(&self) -> bool {
+        true
+    }
+
+    fn set_fed(&mut self) {
+        self.fed = true;
+    }
+
+    fn update_fed(&mut self, update: Option<&BatchUpdate>, outputs: &StepOutputs) -> Result<()> {
+        self.update(update, Some(outputs))
+    }
 
     fn part(&self) -> Option<Part<'_>> {
         Some(Part::Penalties(PenaltySpec {

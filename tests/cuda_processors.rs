@@ -1,0 +1,366 @@
+#![cfg(feature = "cuda")]
+//! Every built-in processor on CUDA against the CPU path, bit for bit: random engine streams
+//! (adds with prompts, removes, moves, swaps, output tokens appended and rolled back, grammar
+//! bitmasks given as a host slice on the CPU and as a device tensor on CUDA) drive two
+//! pipelines with the same random subset and order of stages, in f32, f16 and bf16, for small
+//! and real-sized vocabularies. Min-p and the penalties are computed with the same f32
+//! operations on both sides, so no tolerance is needed.
+//!
+//! Run on a machine with an NVIDIA GPU: `cargo test --release --features cuda --test
+//! cuda_processors`.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use logits_processors::*;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Force,
+    Bitmask,
+    AllowedMask,
+    AllowedBoost,
+    BadWords,
+    MinTokens,
+    Bias,
+    Penalties,
+    Temperature,
+    MinP,
+}
+
+const ALL: [Kind; 10] = [
+    Kind::Force,
+    Kind::Bitmask,
+    Kind::AllowedMask,
+    Kind::AllowedBoost,
+    Kind::BadWords,
+    Kind::MinTokens,
+    Kind::Bias,
+    Kind::Penalties,
+    Kind::Temperature,
+    Kind::MinP,
+];
+
+fn stage(kind: Kind, c: &ProcessorConfig, global: &[u32]) -> Stage {
+    let eos = (c.vocab_size() - 1) as u32;
+    match kind {
+        Kind::Force => ForceToken::new(c).unwrap().into(),
+        Kind::Bitmask => TokenBitmask::new(c).unwrap().into(),
+        Kind::AllowedMask => AllowedIds::new(c, global.iter().copied(), AllowedMode::Mask)
+            .unwrap()
+            .into(),
+        Kind::AllowedBoost => AllowedIds::new(c, global.iter().copied(), AllowedMode::Boost(3.25))
+            .unwrap()
+            .into(),
+        Kind::BadWords => BadWords::new(c).unwrap().into(),
+        Kind::MinTokens => MinTokens::new(c, [eos]).unwrap().into(),
+        Kind::Bias => LogitBias::new(c).unwrap().into(),
+        Kind::Penalties => Penalties::new(c).unwrap().into(),
+        Kind::Temperature => Temperature::new(c).unwrap().into(),
+        Kind::MinP => MinP::new(c).unwrap().into(),
+    }
+}
+
+fn ids(rng: &mut StdRng, vocab: usize, n: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.random_range(0..vocab as u32)).collect()
+}
+
+fn small(rng: &mut StdRng) -> u32 {
+    rng.random_range(0..8)
+}
+
+fn random_params(rng: &mut StdRng, vocab: usize) -> RequestParams {
+    let mut p = RequestParams::new();
+    if rng.random_bool(0.3) {
+        let n = if rng.random_bool(0.5) {
+            rng.random_range(1..10)
+        } else {
+            rng.random_range(1..vocab.min(3000) + 1)
+        };
+        let mut allowed = ids(rng, vocab, n);
+        allowed.push(small(rng));
+        p = p.with_allowed_token_ids(allowed);
+    }
+    if rng.random_bool(0.4) {
+        let n = rng.random_range(1..50);
+        let mut bias: Vec<(u32, f32)> = ids(rng, vocab, n)
+            .into_iter()
+            .map(|t| (t, rng.random_range(-8.0f32..8.0)))
+            .collect();
+        bias.push((small(rng), 1.5));
+        p = p.with_logit_bias(bias);
+    }
+    if rng.random_bool(0.4) {
+        p = p.with_min_tokens(rng.random_range(1..5));
+        let n = rng.random_range(0..3);
+        p = p.with_stop_token_ids(ids(rng, vocab, n));
+    }
+    if rng.random_bool(0.4) {
+        p = p.with_min_p([0.01, 0.2, 0.5, 1.0][rng.random_range(0..4)]);
+    }
+    if rng.random_bool(0.4) {
+        let n = rng.random_range(1..4);
+        let words: Vec<Vec<u32>> = (0..n)
+            .map(|_| (0..rng.random_range(1..4)).map(|_| small(rng)).collect())
+            .collect();
+        p = p.with_bad_words(words);
+    }
+    if rng.random_bool(0.5) {
+        p = p
+            .with_repetition_penalty([1.0, 0.7, 1.3, 2.0][rng.random_range(0..4)])
+            .with_frequency_penalty([0.0, 0.5, -0.25][rng.random_range(0..3)])
+            .with_presence_penalty([0.0, 1.0, -0.5][rng.random_range(0..3)]);
+    }
+    if rng.random_bool(0.4) {
+        p = p.with_temperature([0.0, 0.5, 0.7, 1.0, 1.5][rng.random_range(0..5)]);
+    }
+    p
+}
+
+fn random_values(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| match rng.random_range(0..200) {
+            0 => f32::NAN,
+            1 => f32::NEG_INFINITY,
+            2 => f32::INFINITY,
+            3 => 65_450.0,
+            4 => 1e-40,
+            _ => rng.random_range(-12.0f32..12.0),
+        })
+        .collect()
+}
+
+fn to_host(t: &Tensor) -> Vec<f32> {
+    t.to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+fn same(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+struct Req {
+    params: Arc<RequestParams>,
+    prompt: Vec<u32>,
+    out: OutputTokens,
+    len: usize,
+}
+
+fn run_case(seed: u64, vocab: usize, cap: usize, steps: usize, only: Option<Kind>, gpu: &Device) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dtype = DTYPES[rng.random_range(0..3)];
+    let mut kinds: Vec<Kind> = ALL.to_vec();
+    kinds.shuffle(&mut rng);
+    let keep = if rng.random_bool(0.3) {
+        1
+    } else {
+        rng.random_range(1..=ALL.len())
+    };
+    kinds.truncate(keep);
+    if let Some(k) = only {
+        kinds = vec![k];
+    }
+    if kinds.contains(&Kind::AllowedMask) && kinds.contains(&Kind::AllowedBoost) {
+        kinds.retain(|k| *k != Kind::AllowedMask);
+    }
+    let n_global = rng.random_range(1..40);
+    let global = ids(&mut rng, vocab, n_global);
+    let ctx = format!("seed {seed} vocab {vocab} {dtype:?} stages {kinds:?}");
+    let [mut cpu, mut dev] = [Device::Cpu, gpu.clone()].map(|device| {
+        let c = ProcessorConfig::builder()
+            .max_batch_size(cap)
+            .vocab_size(vocab)
+            .device(device)
+            .build()
+            .unwrap();
+        let mut b = Pipeline::builder(&c);
+        for &k in &kinds {
+            b = b.with(stage(k, &c, &global));
+        }
+        b.build().unwrap()
+    });
+    let words = vocab.div_ceil(32);
+    let mut rows: Vec<Req> = Vec::new();
+    let mut changes = BatchUpdateBuilder::new();
+    for step in 0..steps {
+        for r in rows.iter_mut() {
+            match rng.random_range(0..5) {
+                0 if r.len > 0 => {
+                    r.len = rng.random_range(0..r.len);
+                    r.out.truncate(r.len);
+                }
+                1..=3 => {
+                    let t = if rng.random_bool(0.5) {
+                        small(&mut rng)
+                    } else {
+                        rng.random_range(0..vocab as u32)
+                    };
+                    r.out.push(t);
+                    r.len += 1;
+                }
+                _ => {}
+            }
+        }
+        let mut slots: Vec<Option<Req>> = rows.drain(..).map(Some).collect();
+        for i in (0..slots.len()).rev() {
+            if rng.random_bool(0.2) {
+                changes.remove(i);
+                slots[i] = None;
+            }
+        }
+        for _ in 0..rng.random_range(0..4) {
+            let row = match changes.pop_removed() {
+                Some(r) => r,
+                None if slots.len() < cap => {
+                    slots.push(None);
+                    slots.len() - 1
+                }
+                None => break,
+            };
+            let n_prompt = rng.random_range(0..20);
+            let prompt: Vec<u32> = (0..n_prompt)
+                .map(|_| {
+                    if rng.random_bool(0.5) {
+                        small(&mut rng)
+                    } else {
+                        rng.random_range(0..vocab as u32)
+                    }
+                })
+                .collect();
+            let req = Req {
+                params: Arc::new(random_params(&mut rng, vocab)),
+                prompt,
+                out: OutputTokens::new(),
+                len: 0,
+            };
+            changes
+                .add(row, req.params.clone())
+                .with_prompt(req.prompt.clone())
+                .with_output_tokens(req.out.clone());
+            slots[row] = Some(req);
+        }
+        while let Some(hole) = slots.iter().position(Option::is_none) {
+            let Some(top) = slots.iter().rposition(Option::is_some) else {
+                break;
+            };
+            if top < hole {
+                break;
+            }
+            changes.move_request(top, hole);
+            slots[hole] = slots[top].take();
+        }
+        let n = slots.iter().take_while(|s| s.is_some()).count();
+        slots.truncate(n);
+        if n >= 2 && rng.random_bool(0.3) {
+            let (a, b) = (rng.random_range(0..n), rng.random_range(0..n));
+            changes.swap(a, b);
+            slots.swap(a, b);
+        }
+        rows = slots.into_iter().map(Option::unwrap).collect();
+        let update = changes.build(rows.len()).cloned();
+        cpu.update_state(update.as_ref())
+            .unwrap_or_else(|e| panic!("{ctx} step {step}: cpu {e}"));
+        dev.update_state(update.as_ref())
+            .unwrap_or_else(|e| panic!("{ctx} step {step}: cuda {e}"));
+        let batch = rows.len();
+        if batch == 0 {
+            continue;
+        }
+        if kinds.contains(&Kind::Bitmask) && rng.random_bool(0.7) {
+            let mask: Vec<u32> = (0..batch * words)
+                .map(|_| rng.random::<u32>() | rng.random::<u32>())
+                .collect();
+            let mask_rows: Vec<usize> = (0..batch).filter(|_| rng.random_bool(0.6)).collect();
+            cpu.token_bitmask_mut()
+                .unwrap()
+                .set_host(&mask, &mask_rows)
+                .unwrap();
+            let t = Tensor::from_vec(mask, (batch, words), gpu).unwrap();
+            dev.token_bitmask_mut()
+                .unwrap()
+                .set_tensor(&t, &mask_rows)
+                .unwrap();
+        }
+        // The logits are rows pad..pad + batch of a larger buffer (an unaligned start), the
+        // rows around them poison that must stay untouched.
+        let pad = rng.random_range(0..2usize);
+        let total = pad + batch + 1;
+        let host = Tensor::from_vec(
+            random_values(&mut rng, total * vocab),
+            (total, vocab),
+            &Device::Cpu,
+        )
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
+        let original = to_host(&host);
+        let on_gpu = host.to_device(gpu).unwrap();
+        let on_cpu = host.copy().unwrap();
+        let greedy = rng.random_bool(0.2);
+        for (p, buf) in [(&mut cpu, &on_cpu), (&mut dev, &on_gpu)] {
+            let view = buf.narrow(0, pad, batch).unwrap();
+            let r = if greedy {
+                p.apply_greedy(&view)
+            } else {
+                p.apply(&view)
+            };
+            r.unwrap_or_else(|e| panic!("{ctx} step {step}: apply {e}"));
+        }
+        let (want, got) = (to_host(&on_cpu), to_host(&on_gpu));
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            assert!(
+                same(*w, *g),
+                "{ctx} step {step} greedy {greedy}: buffer row {} token {}: cuda {g} cpu {w} (was {})",
+                i / vocab,
+                i % vocab,
+                original[i]
+            );
+            let row = i / vocab;
+            if row < pad || row >= pad + batch {
+                assert!(
+                    same(*g, original[i]),
+                    "{ctx} step {step}: poison row {row} changed"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_processor_on_cuda_matches_the_cpu_bit_for_bit() {
+    let gpu = Device::new_cuda(0).expect("a CUDA device");
+    let mut cases = 0;
+    for seed in 0..60u64 {
+        let (vocab, cap, steps) = match seed % 4 {
+            0 => (37, 8, 30),
+            1 => (1009, 24, 25),
+            2 => (4099, 40, 15),
+            _ => (151_936, 12, 6),
+        };
+        run_case(seed, vocab, cap, steps, None, &gpu);
+        cases += 1;
+    }
+    assert_eq!(cases, 60);
+}
+
+#[test]
+fn each_processor_alone_at_full_size() {
+    let gpu = Device::new_cuda(0).expect("a CUDA device");
+    for (i, kind) in ALL.into_iter().enumerate() {
+        for seed in 0..3u64 {
+            run_case(1000 + 10 * i as u64 + seed, 151_936, 6, 5, Some(kind), &gpu);
+            run_case(2000 + 10 * i as u64 + seed, 333, 16, 12, Some(kind), &gpu);
+        }
+    }
+}
