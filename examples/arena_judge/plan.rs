@@ -24,9 +24,16 @@ impl Batch {
 }
 
 /// Packs the encoded items into batches: sorted by token length (ties by item index, so the plan
-/// is deterministic), each batch as large as `token_budget` padded tokens and `max_rows` rows
-/// allow. A prompt longer than the budget gets a batch of its own.
-pub fn plan_batches(inputs: &Inputs, token_budget: usize, max_rows: usize) -> Vec<Batch> {
+/// is deterministic), each batch as large as `token_budget` tokens and `max_rows` rows allow. A
+/// batch's tokens are its real tokens when the model packs rows back to back (`packed`, the fused
+/// CUDA path), else rows × longest row (the padded candle path). A prompt longer than the budget
+/// gets a batch of its own.
+pub fn plan_batches(
+    inputs: &Inputs,
+    token_budget: usize,
+    max_rows: usize,
+    packed: bool,
+) -> Vec<Batch> {
     let mut order: Vec<(usize, usize)> = (0..inputs.items())
         .filter_map(|i| inputs.item_prompt(i).map(|p| (p.len(), i)))
         .collect();
@@ -35,7 +42,12 @@ pub fn plan_batches(inputs: &Inputs, token_budget: usize, max_rows: usize) -> Ve
     let mut current = Batch::default();
     for (len, i) in order {
         let n = current.items.len();
-        let fits = n < max_rows && (n + 1) * len <= token_budget;
+        let cost = if packed {
+            current.tokens + len
+        } else {
+            (n + 1) * len
+        };
+        let fits = n < max_rows && cost <= token_budget;
         if n > 0 && !fits {
             batches.push(std::mem::take(&mut current));
         }

@@ -25,7 +25,8 @@
 //! | `linear.rs` | [`Linear`]: a weight, however stored, and its matmul |
 //! | `rope.rs`, `attention.rs`, `layer.rs` | the pieces of a decoder layer |
 //! | `model.rs` | [`Qwen2`]: load and forward |
-//! | `cuda.rs`, `causal_softmax.cu` | the fused attention softmax (feature `cuda`) |
+//! | `cuda.rs`, `causal_softmax.cu` | the fused attention softmax of the candle path (feature `cuda`) |
+//! | `fused/` | the fused CUDA forward pass: packed rows, flash attention, one kernel per element-wise step (feature `cuda`) |
 //! | `synthetic.rs` | deterministic random checkpoints (feature `synthetic`) |
 //!
 //! Features: `cuda` (candle's CUDA backend and this crate's kernel), `synthetic` (the
@@ -37,6 +38,8 @@ mod config;
 pub mod convert;
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "cuda")]
+mod fused;
 pub mod gguf;
 mod layer;
 mod linear;
@@ -51,4 +54,4 @@ pub use attention::{DEFAULT_QUERY_CHUNK, SCORE_BUDGET};
 pub use config::Config;
 pub use gguf::GgufLinears;
 pub use linear::Linear;
-pub use model::Qwen2;
+pub use model::{ForwardPath, Qwen2};

@@ -47,6 +47,15 @@ impl Linear {
         }
     }
 
+    /// The dense `[out_features, in_features]` weight, if the layer is stored dense (the fused
+    /// CUDA path multiplies such weights with cuBLAS directly).
+    pub fn dense(&self) -> Option<&Tensor> {
+        match self {
+            Linear::Dense(w) => Some(w),
+            Linear::Quantized(_) | Linear::Stacked(_) => None,
+        }
+    }
+
     /// `(out_features, in_features)`.
     ///
     /// # Errors

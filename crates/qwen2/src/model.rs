@@ -17,6 +17,9 @@ use crate::source::WeightSource;
 use crate::weights::Weights;
 
 pub struct Qwen2 {
+    /// The fused CUDA forward pass, when it runs this model (then `layers` is empty).
+    #[cfg(feature = "cuda")]
+    fused: Option<crate::fused::Fused>,
     cfg: Config,
     device: Device,
     dtype: DType,
@@ -30,10 +33,20 @@ pub struct Qwen2 {
     query_chunk: usize,
 }
 
+/// Which implementation runs a model's forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardPath {
+    /// candle ops on right-padded rows: the CPU, f32, or shapes the fused kernels do not take.
+    Candle,
+    /// The fused CUDA kernels on packed rows (feature `cuda`; f16/bf16 on a GPU of compute
+    /// capability 8.0 or newer, head_dim 64 or 128, dense weights): see the `fused` module.
+    Fused,
+}
+
 impl std::fmt::Debug for Qwen2 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Qwen2")
-            .field("layers", &self.layers.len())
+            .field("layers", &self.cfg.num_hidden_layers)
             .field("vocab_size", &self.cfg.vocab_size)
             .field("device", &self.device)
             .field("dtype", &self.dtype)
@@ -45,14 +58,23 @@ impl Qwen2 {
     /// Loads a Qwen2 model onto `device`, computing in `dtype` (f16/bf16 on GPU, f32 or f16 on
     /// CPU: candle's CPU matmul has no bf16): a Hugging Face checkpoint directory (AWQ GEMM 4-bit
     /// layers are dequantized to `dtype` while loading) or a GGUF file of the `qwen2`
-    /// architecture (quantized layers stay quantized, see [`GgufLinears`]).
+    /// architecture (its quantized layers dequantized at load, see [`GgufLinears`]).
+    ///
+    /// The forward pass is the fused CUDA one when the device, dtype and shapes allow it
+    /// ([`ForwardPath::Fused`]), else candle's ([`Qwen2::forward_path`] says which).
     ///
     /// # Errors
     /// Errors name the file or tensor at fault: a path that is neither, missing `config.json` or
     /// weights, a model that is not Qwen2, an unsupported quantization, a missing tensor or one of
     /// the wrong shape.
     pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        Self::load_with(path, device, dtype, GgufLinears::default())
+        Self::open(
+            path,
+            device,
+            dtype,
+            ForwardPath::Fused,
+            GgufLinears::default(),
+        )
     }
 
     /// [`Qwen2::load`] with the choice of how a GGUF's quantized layers are held (ignored for a
@@ -64,6 +86,32 @@ impl Qwen2 {
         path: &Path,
         device: &Device,
         dtype: DType,
+        linears: GgufLinears,
+    ) -> Result<Self> {
+        Self::open(path, device, dtype, ForwardPath::Fused, linears)
+    }
+
+    /// Like [`Qwen2::load`], choosing the forward pass: [`ForwardPath::Fused`] is taken when
+    /// possible (else the candle path), [`ForwardPath::Candle`] always gives the candle path (the
+    /// reference the fused path is tested against).
+    ///
+    /// # Errors
+    /// As [`Qwen2::load`]; with the fused path, also when its kernels cannot be compiled or its
+    /// weights do not fit on the device.
+    pub fn load_with_path(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        path: ForwardPath,
+    ) -> Result<Self> {
+        Self::open(dir, device, dtype, path, GgufLinears::default())
+    }
+
+    fn open(
+        model: &Path,
+        device: &Device,
+        dtype: DType,
+        path: ForwardPath,
         linears: GgufLinears,
     ) -> Result<Self> {
         ensure!(
@@ -80,23 +128,23 @@ impl Qwen2 {
             !(device.is_cpu() && dtype == DType::BF16),
             "BF16 is not supported on the CPU (candle's CPU matmul has no bf16); use F32 or F16"
         );
-        if path.is_file() {
+        if model.is_file() {
             ensure!(
-                is_gguf(path),
+                is_gguf(model),
                 "model {} is a file but not a GGUF file (pass a .gguf file or a Hugging Face \
                  checkpoint directory)",
-                path.display()
+                model.display()
             );
-            let gguf = Gguf::open(path, linears)?;
+            let gguf = Gguf::open(model, linears)?;
             let cfg = gguf.config()?;
-            return Self::build(cfg, &gguf, device, dtype);
+            return Self::build(cfg, &gguf, device, dtype, path);
         }
         ensure!(
-            path.is_dir(),
+            model.is_dir(),
             "model {} does not exist (pass a .gguf file or a Hugging Face checkpoint directory)",
-            path.display()
+            model.display()
         );
-        let dir = path;
+        let dir = model;
         let cfg_path = dir.join("config.json");
         let cfg = Config::from_file(&cfg_path)?;
         let awq = cfg
@@ -108,7 +156,7 @@ impl Qwen2 {
                 format!("unsupported quantization_config in {}", cfg_path.display())
             })?;
         let weights = Weights::open(dir, awq)?;
-        Self::build(cfg, &weights, device, dtype)
+        Self::build(cfg, &weights, device, dtype, path)
     }
 
     /// Builds the model from `cfg` and the tensors of `weights`.
@@ -117,11 +165,29 @@ impl Qwen2 {
         weights: &dyn WeightSource,
         device: &Device,
         dtype: DType,
+        path: ForwardPath,
     ) -> Result<Self> {
         let (hidden, inter, vocab) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
         let embed = weights.dense("model.embed_tokens.weight", &[vocab, hidden], device, dtype)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        #[cfg(feature = "cuda")]
+        let fused_shape = crate::fused::Shape {
+            hidden,
+            intermediate: inter,
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+            vocab,
+            eps: cfg.rms_norm_eps as f32,
+        };
+        #[cfg(feature = "cuda")]
+        let use_fused = path == ForwardPath::Fused
+            && crate::fused::supported(&fused_shape, device, dtype).is_ok();
+        #[cfg(feature = "cuda")]
+        let mut fused_layers = Vec::new();
+        #[cfg(not(feature = "cuda"))]
+        let _ = path;
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let lin = |name: &str, out_f: usize, in_f: usize| {
@@ -142,7 +208,7 @@ impl Qwen2 {
                 ],
                 0,
             )?;
-            layers.push(Layer {
+            let layer = Layer {
                 input_norm: vec("input_layernorm.weight", hidden)?,
                 post_attention_norm: vec("post_attention_layernorm.weight", hidden)?,
                 qkv,
@@ -151,7 +217,18 @@ impl Qwen2 {
                 gate_proj: lin("mlp.gate_proj", inter, hidden)?,
                 up_proj: lin("mlp.up_proj", inter, hidden)?,
                 down_proj: lin("mlp.down_proj", hidden, inter)?,
-            });
+            };
+            #[cfg(feature = "cuda")]
+            if use_fused {
+                if let Some(f) = crate::fused::FusedLayer::from_layer(&layer, dtype)? {
+                    // The layer's own tensors are dropped here (gate and up are now stacked), so
+                    // the weights are held once.
+                    fused_layers.push(f);
+                    continue;
+                }
+                bail!("layer {l}: its weights are not dense, which the fused path needs");
+            }
+            layers.push(layer);
         }
         let norm = weights.dense("model.norm.weight", &[hidden], device, dtype)?;
         let lm_head = if cfg.tie_word_embeddings {
@@ -166,7 +243,24 @@ impl Qwen2 {
             device,
             dtype,
         )?;
+        #[cfg(feature = "cuda")]
+        let fused = if use_fused {
+            Some(crate::fused::Fused::new(
+                device,
+                dtype,
+                fused_shape,
+                &embed,
+                &lm_head,
+                &norm,
+                (&cos, &sin),
+                fused_layers,
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
+            #[cfg(feature = "cuda")]
+            fused,
             cfg,
             device: device.clone(),
             dtype,
@@ -195,6 +289,47 @@ impl Qwen2 {
         self.dtype
     }
 
+    /// Which implementation runs the forward pass.
+    pub fn forward_path(&self) -> ForwardPath {
+        #[cfg(feature = "cuda")]
+        if self.fused.is_some() {
+            return ForwardPath::Fused;
+        }
+        ForwardPath::Candle
+    }
+
+    /// Whether a batch costs its rows' real tokens ([`ForwardPath::Fused`], rows packed back to
+    /// back) rather than rows × longest row (the candle path pads every row to the longest).
+    pub fn packs_rows(&self) -> bool {
+        self.forward_path() == ForwardPath::Fused
+    }
+
+    /// Gets ready for batches of up to `tokens` tokens in `rows` rows, so that the first real
+    /// batch runs at full speed: on the fused path, sizes the buffers once and runs two
+    /// throw-away batches (kernel compilation, module loading, cuBLAS's first calls); on the
+    /// candle path, one one-token batch. Costs about one batch's time; waits for the device.
+    ///
+    /// # Errors
+    /// Device memory runs out, or a kernel cannot be compiled.
+    pub fn prepare(&self, tokens: usize, rows: usize) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(f) = &self.fused {
+            let (tokens, rows) = (tokens.max(1), rows.max(1));
+            f.reserve(tokens, rows)?;
+            let len = (tokens / rows).clamp(1, self.cfg.max_position_embeddings);
+            let row = vec![0u32; len];
+            let batch: Vec<&[u32]> = vec![row.as_slice(); rows.min(tokens / len).max(1)];
+            f.last_logits(&batch)?;
+            f.last_logits(&[&row[..1]])?;
+            self.device.synchronize()?;
+            return Ok(());
+        }
+        let _ = (tokens, rows); // the candle path allocates per batch
+        self.last_logits(&[&[0u32]])?;
+        self.device.synchronize()?;
+        Ok(())
+    }
+
     /// Queries per attention chunk (default [`DEFAULT_QUERY_CHUNK`]).
     pub fn query_chunk(&self) -> usize {
         self.query_chunk
@@ -213,8 +348,11 @@ impl Qwen2 {
     /// rows: token ids of each row (any lengths ≥1). Returns the logits at each row's LAST
     /// position, shape `[rows.len(), vocab]`, dtype f32, on the model's device.
     ///
-    /// Rows are right-padded to the longest one; padded keys are never attended and each row's
-    /// positions run `0..len`, so a row's logits do not depend on the other rows of the batch.
+    /// On the candle path rows are right-padded to the longest one; padded keys are never
+    /// attended and each row's positions run `0..len`, so a row's logits do not depend on the
+    /// other rows of the batch. On the fused path rows are packed back to back (no padding) and
+    /// the call only queues work on the device: no host synchronisation, no device allocation but
+    /// the logits (after [`Qwen2::prepare`] or an earlier batch as large).
     pub fn last_logits(&self, rows: &[&[u32]]) -> Result<Tensor> {
         ensure!(!rows.is_empty(), "last_logits needs at least one row");
         let lens: Vec<usize> = rows.iter().map(|r| r.len()).collect();
@@ -236,6 +374,10 @@ impl Qwen2 {
             self.cfg.max_position_embeddings
         );
 
+        #[cfg(feature = "cuda")]
+        if let Some(f) = &self.fused {
+            return f.last_logits(rows);
+        }
         let mut ids = vec![0u32; batch * seq];
         for (i, row) in rows.iter().enumerate() {
             ids[i * seq..i * seq + row.len()].copy_from_slice(row);
