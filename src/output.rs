@@ -13,7 +13,24 @@
 //! releases it before returning or calling back, so an engine may append from inside a
 //! cursor's callback without deadlock.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The list and a version number bumped (under the lock) by every change, so that a cursor
+/// with nothing new to read checks one atomic word instead of taking the lock.
+#[derive(Debug, Default)]
+struct Inner {
+    version: AtomicU64,
+    shared: Mutex<Shared>,
+}
+
+impl Inner {
+    /// Records a change; call with the lock held (writers are serialised by it).
+    fn bump(&self) {
+        let v = self.version.load(Ordering::Relaxed);
+        self.version.store(v.wrapping_add(1), Ordering::Release);
+    }
+}
 
 #[derive(Debug, Default)]
 struct Shared {
@@ -49,7 +66,7 @@ struct Shared {
 /// assert_eq!(changes, [OutputChange::Removed(9), OutputChange::Removed(5)]);
 /// ```
 #[derive(Debug, Clone, Default)]
-pub struct OutputTokens(Arc<Mutex<Shared>>);
+pub struct OutputTokens(Arc<Inner>);
 
 impl OutputTokens {
     /// An empty list.
@@ -58,17 +75,24 @@ impl OutputTokens {
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        lock(&self.0)
+        lock(&self.0.shared)
     }
 
     /// Appends a generated token. O(1) amortised.
     pub fn push(&self, token: u32) {
-        self.lock().tokens.push(token);
+        let mut s = self.lock();
+        s.tokens.push(token);
+        self.0.bump();
     }
 
     /// Appends several generated tokens.
     pub fn extend(&self, tokens: &[u32]) {
-        self.lock().tokens.extend_from_slice(tokens);
+        if tokens.is_empty() {
+            return;
+        }
+        let mut s = self.lock();
+        s.tokens.extend_from_slice(tokens);
+        self.0.bump();
     }
 
     /// Keeps the first `len` tokens and drops the rest (speculative decoding rejecting draft
@@ -83,6 +107,7 @@ impl OutputTokens {
         for low in s.cursors.iter_mut().flatten() {
             *low = (*low).min(len);
         }
+        self.0.bump();
     }
 
     /// Number of tokens generated so far.
@@ -126,6 +151,7 @@ impl OutputTokens {
         s.cursors[slot] = Some(usize::MAX);
         OutputCursor {
             shared: self.0.clone(),
+            seen: None,
             slot,
             tokens: Vec::new(),
             scratch: Vec::new(),
@@ -140,10 +166,13 @@ impl OutputTokens {
 
 impl From<Vec<u32>> for OutputTokens {
     fn from(tokens: Vec<u32>) -> Self {
-        Self(Arc::new(Mutex::new(Shared {
-            tokens,
-            cursors: Vec::new(),
-        })))
+        Self(Arc::new(Inner {
+            version: AtomicU64::new(0),
+            shared: Mutex::new(Shared {
+                tokens,
+                cursors: Vec::new(),
+            }),
+        }))
     }
 }
 
@@ -168,7 +197,9 @@ pub enum OutputChange {
 /// cost is O(changes), whatever the length of the list.
 #[derive(Debug)]
 pub struct OutputCursor {
-    shared: Arc<Mutex<Shared>>,
+    shared: Arc<Inner>,
+    /// The list's version at the last sync (`None` before the first).
+    seen: Option<u64>,
     slot: usize,
     tokens: Vec<u32>,
     scratch: Vec<u32>,
@@ -179,11 +210,17 @@ impl OutputCursor {
     /// (last-first) and then every token appended since the last sync. The list's lock is held
     /// only while copying the new tokens, never while `on_change` runs.
     ///
-    /// Returns the number of changes reported.
+    /// Returns the number of changes reported. When the list has not changed since the last
+    /// sync, costs one atomic load (no lock).
     pub fn sync(&mut self, mut on_change: impl FnMut(OutputChange)) -> usize {
+        if self.seen == Some(self.shared.version.load(Ordering::Acquire)) {
+            return 0;
+        }
         self.scratch.clear();
         let kept = {
-            let mut s = lock(&self.shared);
+            let mut s = lock(&self.shared.shared);
+            // Stable while the lock is held: writers bump it under the lock.
+            self.seen = Some(self.shared.version.load(Ordering::Relaxed));
             let low = s.cursors[self.slot]
                 .replace(usize::MAX)
                 .unwrap_or(usize::MAX);
@@ -221,35 +258,59 @@ impl OutputCursor {
 
 impl Drop for OutputCursor {
     fn drop(&mut self) {
-        let mut s = lock(&self.shared);
+        let mut s = lock(&self.shared.shared);
         if let Some(c) = s.cursors.get_mut(self.slot) {
             *c = None;
         }
     }
 }
 
-/// One step's output changes of every row of a batch, read once (one lock per row) and shared
-/// by the processors that follow output tokens.
+/// One step's output changes, read once (one atomic check per row, a lock only for rows that
+/// changed) and shared by the processors that follow output tokens. Holds an entry for every
+/// row whose output changed and every row the step's update touched; other rows are unchanged.
 #[derive(Debug, Default)]
 pub(crate) struct StepOutputs {
     changes: Vec<OutputChange>,
-    /// Row `r`'s changes are `changes[start[r]..start[r + 1]]`.
-    start: Vec<usize>,
-    /// Row `r`'s output length after the changes (0 for a row without a cursor).
-    len: Vec<usize>,
+    /// The rows with an entry, in the order pushed.
+    rows: Vec<RowEntry>,
+    /// Per row: its index in `rows`, or `NONE`.
+    at: Vec<u32>,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct RowEntry {
+    row: usize,
+    start: usize,
+    end: usize,
+    /// The row's output length after the changes (0 for a row without a cursor).
+    len: usize,
+}
+
+const NONE: u32 = u32::MAX;
+
 impl StepOutputs {
-    /// Starts a new step.
-    pub(crate) fn clear(&mut self) {
+    /// Starts a new step for a batch of at most `capacity` rows. O(entries of the last step).
+    pub(crate) fn clear(&mut self, capacity: usize) {
+        for e in &self.rows {
+            self.at[e.row] = NONE;
+        }
+        if self.at.len() < capacity {
+            self.at.resize(capacity, NONE);
+        }
         self.changes.clear();
-        self.start.clear();
-        self.len.clear();
-        self.start.push(0);
+        self.rows.clear();
     }
 
-    /// Appends the next row: its cursor's changes since the last sync (none without a cursor).
-    pub(crate) fn push_row(&mut self, cursor: Option<&mut OutputCursor>) {
+    /// Whether `row` has an entry this step.
+    pub(crate) fn has(&self, row: usize) -> bool {
+        self.at.get(row).is_some_and(|&i| i != NONE)
+    }
+
+    /// Reads `row`'s cursor's changes since the last sync (none without a cursor) and gives the
+    /// row an entry if there were any, or always when `always`. A row is pushed at most once a
+    /// step.
+    pub(crate) fn push_row(&mut self, row: usize, cursor: Option<&mut OutputCursor>, always: bool) {
+        let start = self.changes.len();
         let len = match cursor {
             Some(c) => {
                 let changes = &mut self.changes;
@@ -258,21 +319,40 @@ impl StepOutputs {
             }
             None => 0,
         };
-        self.start.push(self.changes.len());
-        self.len.push(len);
+        let end = self.changes.len();
+        if end > start || always {
+            self.at[row] = self.rows.len() as u32;
+            self.rows.push(RowEntry {
+                row,
+                start,
+                end,
+                len,
+            });
+        }
+    }
+
+    /// The rows with an entry (changed or touched), in the order pushed.
+    pub(crate) fn rows(&self) -> impl Iterator<Item = usize> + '_ {
+        self.rows.iter().map(|e| e.row)
+    }
+
+    fn entry(&self, row: usize) -> Option<&RowEntry> {
+        match self.at.get(row) {
+            Some(&i) if i != NONE => Some(&self.rows[i as usize]),
+            _ => None,
+        }
     }
 
     /// Row `row`'s changes this step (rollbacks first, last-first; then appends in order).
     pub(crate) fn row(&self, row: usize) -> &[OutputChange] {
-        match (self.start.get(row), self.start.get(row + 1)) {
-            (Some(&a), Some(&b)) => &self.changes[a..b],
-            _ => &[],
-        }
+        self.entry(row)
+            .map_or(&[][..], |e| &self.changes[e.start..e.end])
     }
 
-    /// Row `row`'s output length after this step's changes.
-    pub(crate) fn len(&self, row: usize) -> usize {
-        self.len.get(row).copied().unwrap_or(0)
+    /// Row `row`'s output length after this step's changes; `None` for a row without an entry
+    /// (its output did not change).
+    pub(crate) fn len(&self, row: usize) -> Option<usize> {
+        self.entry(row).map(|e| e.len)
     }
 }
 

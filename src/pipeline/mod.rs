@@ -282,10 +282,21 @@ impl LogitsProcessor for Pipeline {
             Ok(follows.then(|| added.output_token_ids.cursor()))
         })?;
         // The step's output changes, read once per request for every stage that follows them.
-        self.outputs.clear();
+        // Rows the update touched always get an entry; other rows only when their output
+        // changed (one atomic check each when it did not).
+        self.outputs.clear(self.ledger.capacity());
         if self.follows_outputs {
-            for (_, cursor) in self.ledger.rows_mut() {
-                self.outputs.push_row(cursor);
+            let batch = self.ledger.batch_size();
+            for i in 0..self.ledger.touched().len() {
+                let row = self.ledger.touched()[i];
+                if row < batch {
+                    self.outputs.push_row(row, self.ledger.get_mut(row), true);
+                }
+            }
+            for (row, cursor) in self.ledger.rows_mut() {
+                if !self.outputs.has(row) {
+                    self.outputs.push_row(row, cursor, false);
+                }
             }
         }
         let outputs = &self.outputs;
