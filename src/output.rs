@@ -212,20 +212,44 @@ impl OutputCursor {
     ///
     /// Returns the number of changes reported. When the list has not changed since the last
     /// sync, costs one atomic load (no lock).
-    pub fn sync(&mut self, mut on_change: impl FnMut(OutputChange)) -> usize {
+    pub fn sync(&mut self, on_change: impl FnMut(OutputChange)) -> usize {
         if self.seen == Some(self.shared.version.load(Ordering::Acquire)) {
             return 0;
         }
+        self.sync_and_push(None, on_change)
+    }
+
+    /// Appends `token` to the list (as [`OutputTokens::push`] on any handle of it would) and
+    /// then syncs, under one lock: the changes made through other handles since the last sync
+    /// are reported first, then `token`. Returns the number of changes reported.
+    pub(crate) fn push_and_sync(
+        &mut self,
+        token: u32,
+        on_change: impl FnMut(OutputChange),
+    ) -> usize {
+        self.sync_and_push(Some(token), on_change)
+    }
+
+    fn sync_and_push(
+        &mut self,
+        push: Option<u32>,
+        mut on_change: impl FnMut(OutputChange),
+    ) -> usize {
         self.scratch.clear();
         let kept = {
             let mut s = lock(&self.shared.shared);
-            // Stable while the lock is held: writers bump it under the lock.
-            self.seen = Some(self.shared.version.load(Ordering::Relaxed));
             let low = s.cursors[self.slot]
                 .replace(usize::MAX)
                 .unwrap_or(usize::MAX);
             let kept = self.tokens.len().min(low).min(s.tokens.len());
             self.scratch.extend_from_slice(&s.tokens[kept..]);
+            if let Some(t) = push {
+                s.tokens.push(t);
+                self.scratch.push(t);
+                self.shared.bump();
+            }
+            // Stable while the lock is held: writers bump it under the lock.
+            self.seen = Some(self.shared.version.load(Ordering::Relaxed));
             kept
         };
         let removed = self.tokens.len() - kept;
@@ -238,6 +262,14 @@ impl OutputCursor {
             on_change(OutputChange::Appended(t));
         }
         removed + self.scratch.len()
+    }
+
+    /// Loads the words a sync will read first (the list's version, the cursor's last token),
+    /// so that a caller about to sync many cursors can warm the cache in one tight loop whose
+    /// loads overlap. Reads only.
+    pub(crate) fn warm(&self) -> u64 {
+        self.shared.version.load(Ordering::Relaxed)
+            ^ u64::from(self.tokens.last().copied().unwrap_or(0))
     }
 
     /// The tokens as of the last [`sync`](Self::sync).
@@ -306,15 +338,25 @@ impl StepOutputs {
         self.at.get(row).is_some_and(|&i| i != NONE)
     }
 
-    /// Reads `row`'s cursor's changes since the last sync (none without a cursor) and gives the
-    /// row an entry if there were any, or always when `always`. A row is pushed at most once a
-    /// step.
-    pub(crate) fn push_row(&mut self, row: usize, cursor: Option<&mut OutputCursor>, always: bool) {
+    /// Reads `row`'s cursor's changes since the last sync (none without a cursor), after
+    /// appending `token` to the row's list through the cursor (one lock for both) when given,
+    /// and gives the row an entry if there were any changes, or always when `always`. A row is
+    /// pushed at most once a step.
+    pub(crate) fn push_row(
+        &mut self,
+        row: usize,
+        cursor: Option<&mut OutputCursor>,
+        token: Option<u32>,
+        always: bool,
+    ) {
         let start = self.changes.len();
         let len = match cursor {
             Some(c) => {
                 let changes = &mut self.changes;
-                c.sync(|ch| changes.push(ch));
+                match token {
+                    Some(t) => c.push_and_sync(t, |ch| changes.push(ch)),
+                    None => c.sync(|ch| changes.push(ch)),
+                };
                 c.len()
             }
             None => 0,

@@ -188,6 +188,16 @@ impl BadWords {
             self.marks[row] = true;
         }
         let batch = self.ledger.batch_size();
+        if let Some(o) = fed {
+            // Warm the outputs of the changed rows first: their loads overlap.
+            let mut acc = 0u32;
+            for row in o.rows() {
+                if let Some(r) = self.ledger.get(row) {
+                    acc ^= r.output.last().copied().unwrap_or(0);
+                }
+            }
+            std::hint::black_box(acc);
+        }
         let (table, scratch, marks) = (&mut self.table, &mut self.scratch, &mut self.marks);
         let mut result = Ok(());
         let mut step = |row: usize, state: Option<&mut Row>, touched: bool| {
