@@ -25,10 +25,38 @@ struct Inner {
 }
 
 impl Inner {
-    /// Records a change; call with the lock held (writers are serialised by it).
-    fn bump(&self) {
-        let v = self.version.load(Ordering::Relaxed);
-        self.version.store(v.wrapping_add(1), Ordering::Release);
+    /// Records a change; call with the lock held (writers are serialised by it): the new
+    /// version goes to the list and to every board slot that watches it.
+    fn bump(&self, s: &Shared) {
+        let v = self.version.load(Ordering::Relaxed).wrapping_add(1);
+        self.version.store(v, Ordering::Release);
+        for (board, slot) in &s.watchers {
+            board.versions[*slot as usize].store(v, Ordering::Release);
+        }
+    }
+}
+
+/// One contiguous array of output-list versions, a slot per watching cursor: a reader that
+/// follows many lists (a pipeline, one list per row) finds the changed ones in one pass over
+/// this array instead of one cache line per list. Writers store a list's new version into its
+/// slots under the list's lock.
+#[derive(Debug)]
+pub(crate) struct VersionBoard {
+    versions: Box<[AtomicU64]>,
+    free: Mutex<Vec<u32>>,
+}
+
+impl VersionBoard {
+    /// A board of `slots` slots. Allocates once.
+    pub(crate) fn new(slots: usize) -> Arc<Self> {
+        Arc::new(Self {
+            versions: (0..slots).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            free: Mutex::new((0..slots as u32).rev().collect()),
+        })
+    }
+
+    fn free(&self) -> MutexGuard<'_, Vec<u32>> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -38,6 +66,8 @@ struct Shared {
     /// Per cursor: the lowest length the list was truncated to since the cursor's last sync
     /// (`usize::MAX` when not truncated), or `None` for a free slot.
     cursors: Vec<Option<usize>>,
+    /// The board slots that mirror this list's version.
+    watchers: Vec<(Arc<VersionBoard>, u32)>,
 }
 
 /// A request's generated tokens: a cheap-to-clone handle (one reference count) that the engine
@@ -82,7 +112,7 @@ impl OutputTokens {
     pub fn push(&self, token: u32) {
         let mut s = self.lock();
         s.tokens.push(token);
-        self.0.bump();
+        self.0.bump(&s);
     }
 
     /// Appends several generated tokens.
@@ -92,7 +122,7 @@ impl OutputTokens {
         }
         let mut s = self.lock();
         s.tokens.extend_from_slice(tokens);
-        self.0.bump();
+        self.0.bump(&s);
     }
 
     /// Keeps the first `len` tokens and drops the rest (speculative decoding rejecting draft
@@ -107,7 +137,7 @@ impl OutputTokens {
         for low in s.cursors.iter_mut().flatten() {
             *low = (*low).min(len);
         }
-        self.0.bump();
+        self.0.bump(&s);
     }
 
     /// Number of tokens generated so far.
@@ -152,10 +182,27 @@ impl OutputTokens {
         OutputCursor {
             shared: self.0.clone(),
             seen: None,
+            watch: None,
             slot,
             tokens: Vec::new(),
             scratch: Vec::new(),
         }
+    }
+
+    /// A cursor as [`cursor`](Self::cursor) whose list mirrors its version into a slot of
+    /// `board` (none when the board is full: the cursor then works without it).
+    pub(crate) fn watched_cursor(&self, board: &Arc<VersionBoard>) -> OutputCursor {
+        let mut c = self.cursor();
+        let Some(slot) = board.free().pop() else {
+            return c;
+        };
+        let mut s = self.lock();
+        board.versions[slot as usize]
+            .store(self.0.version.load(Ordering::Relaxed), Ordering::Release);
+        s.watchers.push((board.clone(), slot));
+        drop(s);
+        c.watch = Some((board.clone(), slot));
+        c
     }
 
     /// Whether `self` and `other` are handles to the same list.
@@ -171,6 +218,7 @@ impl From<Vec<u32>> for OutputTokens {
             shared: Mutex::new(Shared {
                 tokens,
                 cursors: Vec::new(),
+                watchers: Vec::new(),
             }),
         }))
     }
@@ -200,6 +248,8 @@ pub struct OutputCursor {
     shared: Arc<Inner>,
     /// The list's version at the last sync (`None` before the first).
     seen: Option<u64>,
+    /// The board slot that mirrors the list's version, if any.
+    watch: Option<(Arc<VersionBoard>, u32)>,
     slot: usize,
     tokens: Vec<u32>,
     scratch: Vec<u32>,
@@ -246,7 +296,7 @@ impl OutputCursor {
             if let Some(t) = push {
                 s.tokens.push(t);
                 self.scratch.push(t);
-                self.shared.bump();
+                self.shared.bump(&s);
             }
             // Stable while the lock is held: writers bump it under the lock.
             self.seen = Some(self.shared.version.load(Ordering::Relaxed));
@@ -272,6 +322,18 @@ impl OutputCursor {
             ^ u64::from(self.tokens.last().copied().unwrap_or(0))
     }
 
+    /// Whether the list certainly did not change since the last sync, read from the cursor's
+    /// version board (false without one, or before the first sync).
+    pub(crate) fn unchanged(&self) -> bool {
+        match &self.watch {
+            Some((board, slot)) => {
+                self.seen.is_some()
+                    && self.seen == Some(board.versions[*slot as usize].load(Ordering::Acquire))
+            }
+            None => false,
+        }
+    }
+
     /// The tokens as of the last [`sync`](Self::sync).
     pub fn tokens(&self) -> &[u32] {
         &self.tokens
@@ -293,6 +355,12 @@ impl Drop for OutputCursor {
         let mut s = lock(&self.shared.shared);
         if let Some(c) = s.cursors.get_mut(self.slot) {
             *c = None;
+        }
+        if let Some((board, slot)) = self.watch.take() {
+            s.watchers
+                .retain(|(b, i)| !(Arc::ptr_eq(b, &board) && *i == slot));
+            drop(s);
+            board.free().push(slot);
         }
     }
 }
@@ -414,5 +482,46 @@ pub(crate) fn for_changes(
         }
         (None, Some(c)) => c.sync(f),
         (None, None) => 0,
+    }
+}
+
+#[cfg(test)]
+mod board_tests {
+    use super::*;
+
+    #[test]
+    fn the_board_mirrors_every_change_and_recycles_slots() {
+        let board = VersionBoard::new(1);
+        let out = OutputTokens::from(vec![1, 2]);
+        let mut c = out.watched_cursor(&board);
+        assert!(!c.unchanged(), "never synced");
+        assert_eq!(c.sync(|_| {}), 2);
+        assert!(c.unchanged());
+        for change in [0, 1, 2] {
+            match change {
+                0 => out.push(3),
+                1 => out.extend(&[4, 5]),
+                _ => out.truncate(1),
+            }
+            assert!(!c.unchanged(), "change {change} not seen on the board");
+            c.sync(|_| {});
+            assert!(c.unchanged());
+        }
+        out.truncate(5); // no change
+        assert!(c.unchanged());
+        // Full board: a cursor without a slot still works (never "unchanged").
+        let mut d = out.watched_cursor(&board);
+        assert_eq!(d.sync(|_| {}), 1);
+        assert!(!d.unchanged());
+        // Dropping a cursor frees its slot and stops the list writing to it.
+        drop(c);
+        let other = OutputTokens::new();
+        let mut e = other.watched_cursor(&board);
+        e.sync(|_| {});
+        assert!(e.unchanged());
+        out.push(9); // `out` no longer watches the slot now held by `other`
+        assert!(e.unchanged());
+        other.push(1);
+        assert!(!e.unchanged());
     }
 }

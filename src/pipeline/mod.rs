@@ -7,7 +7,7 @@ use crate::config::ProcessorConfig;
 use crate::error::{ConfigError, Result, UpdateError};
 use crate::kernels::FusedOp;
 use crate::ledger::RowLedger;
-use crate::output::{OutputCursor, OutputTokens, StepOutputs};
+use crate::output::{OutputCursor, OutputTokens, StepOutputs, VersionBoard};
 use crate::params::RequestParams;
 use crate::processor::LogitsProcessor;
 
@@ -76,6 +76,10 @@ pub struct Pipeline {
     /// pipeline reads each request's new tokens once per step for all such stages.
     ledger: RowLedger<RowOutput>,
     follows_outputs: bool,
+    /// The versions of the followed output lists, in one array.
+    board: std::sync::Arc<VersionBoard>,
+    /// Rows whose output changed this step (reused).
+    changed: Vec<usize>,
     outputs: StepOutputs,
     stages: Vec<Stage>,
 }
@@ -155,10 +159,14 @@ impl PipelineBuilder {
                 }
             }
         }
+        let capacity = self.config.max_batch_size();
         Ok(Pipeline {
-            ledger: RowLedger::new(self.config.max_batch_size()),
+            ledger: RowLedger::new(capacity),
             config: self.config,
             follows_outputs,
+            // Old and new requests' cursors coexist during an update: twice the capacity.
+            board: VersionBoard::new(if follows_outputs { 2 * capacity + 1 } else { 0 }),
+            changed: Vec::with_capacity(capacity),
             outputs: StepOutputs::default(),
             stages: self.stages,
         })
@@ -272,31 +280,22 @@ impl Pipeline {
     /// row of the batch after `update`).
     fn update(&mut self, update: Option<&BatchUpdate>, sampled: Option<&[u32]>) -> Result<()> {
         // One transactional pass: the rules, then every added request against every stage.
-        let (stages, follows) = (&self.stages, self.follows_outputs);
+        let (stages, follows, board) = (&self.stages, self.follows_outputs, &self.board);
         self.ledger.apply(update, |added| {
             stages
                 .iter()
                 .try_for_each(|s| s.processor().validate_params(&added.params))?;
             Ok(Some(RowOutput {
                 out: added.output_token_ids.clone(),
-                cursor: follows.then(|| added.output_token_ids.cursor()),
+                cursor: follows.then(|| added.output_token_ids.watched_cursor(board)),
             }))
         })?;
         let token = |row: usize| sampled.and_then(|s| s.get(row).copied());
         // The step's output changes, read once per request for every stage that follows them.
         // Rows the update touched always get an entry; other rows only when their output
-        // changed (one atomic check each when it did not).
+        // changed, found on the version board (one contiguous array, no per-list cache line).
         self.outputs.clear(self.ledger.capacity());
         if self.follows_outputs {
-            // Warm every row's list and cursor first: the loads overlap instead of missing one
-            // row after another (the lists are scattered over the heap).
-            let mut acc = 0u64;
-            for (_, r) in self.ledger.rows() {
-                if let Some(c) = r.and_then(|r| r.cursor.as_ref()) {
-                    acc ^= c.warm();
-                }
-            }
-            std::hint::black_box(acc);
             let batch = self.ledger.batch_size();
             for i in 0..self.ledger.touched().len() {
                 let row = self.ledger.touched()[i];
@@ -305,11 +304,27 @@ impl Pipeline {
                     self.outputs.push_row(row, cursor, token(row), true);
                 }
             }
-            for (row, r) in self.ledger.rows_mut() {
-                if !self.outputs.has(row) {
-                    let cursor = r.and_then(|r| r.cursor.as_mut());
-                    self.outputs.push_row(row, cursor, token(row), false);
+            self.changed.clear();
+            for (row, r) in self.ledger.rows() {
+                let Some(c) = r.and_then(|r| r.cursor.as_ref()) else {
+                    continue;
+                };
+                if !self.outputs.has(row) && (sampled.is_some() || !c.unchanged()) {
+                    self.changed.push(row);
                 }
+            }
+            // Warm the changed rows' lists and cursors first: the loads overlap instead of
+            // missing one row after another (the lists are scattered over the heap).
+            let mut acc = 0u64;
+            for &row in &self.changed {
+                if let Some(c) = self.ledger.get(row).and_then(|r| r.cursor.as_ref()) {
+                    acc ^= c.warm();
+                }
+            }
+            std::hint::black_box(acc);
+            for &row in &self.changed {
+                let cursor = self.ledger.get_mut(row).and_then(|r| r.cursor.as_mut());
+                self.outputs.push_row(row, cursor, token(row), false);
             }
         } else if sampled.is_some() {
             for (row, r) in self.ledger.rows() {
