@@ -2,7 +2,8 @@
 //! pipeline, at batch 1, 8, 64 and 256 × vocab 151,936 (f32), beside the physical floor: one
 //! copy of the same logits (`copy_from_slice`, every byte read and written once); and the host
 //! cost of `update_state` for the whole pipeline at batch 256 (one request replaced; one output
-//! token appended to every row).
+//! token appended to every row, pushed by the engine or given as one slice to
+//! `Pipeline::append_sampled`).
 //!
 //! Workload per request: as `benches/gpu.rs` (3 allowed ids, a random grammar bitmask, 16 bias
 //! entries, min_tokens 8 with 2 stop ids, 4 bad words, penalties over a 512-token prompt and
@@ -210,6 +211,22 @@ fn update_state(c: &mut Criterion) {
     if std::env::var_os("LP_BENCH_EACH").is_some() {
         sets.extend(labels.iter().zip(ALL).map(|(l, k)| (*l, vec![k])));
     }
+    // The same step through the engine-facing bulk path: one slice of sampled tokens.
+    let (mut p, _outs) = admitted(&ALL, CAPACITY);
+    let mut sampled = vec![0u32; CAPACITY];
+    let mut step = 0u32;
+    group.bench_function(
+        BenchmarkId::new("one_token_appended_to_each_of_256_rows_bulk", "all"),
+        |b| {
+            b.iter(|| {
+                step += 1;
+                for (r, t) in sampled.iter_mut().enumerate() {
+                    *t = (step.wrapping_mul(7919) + r as u32) % 64;
+                }
+                p.append_sampled(black_box(&sampled)).unwrap();
+            })
+        },
+    );
     for (label, kinds) in sets {
         let (mut p, outs) = admitted(&kinds, CAPACITY);
         let mut step = 0u32;

@@ -277,13 +277,31 @@ fn main() {
         p.update_state(None).unwrap();
         append.push(t.elapsed().as_secs_f64() * 1e6);
     }
+    // The same steps through the engine-facing bulk path: one slice of sampled tokens.
+    let (mut p, outs3) = admitted(&all, &device);
+    drop(outs2);
+    let mut bulk = Vec::new();
+    let mut sampled = vec![0u32; BATCH];
+    for step in 0..1024u32 {
+        for (r, t) in sampled.iter_mut().enumerate() {
+            *t = (step * 7919 + r as u32) % VOCAB as u32;
+        }
+        let t = Instant::now();
+        p.append_sampled(&sampled).unwrap();
+        bulk.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(outs3);
     stream.synchronize().unwrap();
-    let (one, app) = (
+    let (one, app, app_bulk) = (
         median(one_change[64..].to_vec()),
         median(append[16..].to_vec()),
+        median(bulk[16..].to_vec()),
     );
     println!("update_state, whole pipeline, one request replaced in 256: median {one:.2} µs");
     println!("update_state, whole pipeline, one output token appended to each of 256 rows: median {app:.2} µs");
+    println!(
+        "append_sampled, whole pipeline, one token per row for 256 rows: median {app_bulk:.2} µs"
+    );
 
     println!();
     println!("## apply on {name}, batch {BATCH} x vocab {VOCAB} (median µs per call, CUDA events)");
@@ -303,5 +321,6 @@ fn main() {
     println!("| update_state (host, no sync), batch 256, all processors | median µs |");
     println!("|---|---:|");
     println!("| one request replaced | {one:.2} |");
-    println!("| one output token appended per row | {app:.2} |");
+    println!("| one output token appended per row (engine pushes, then update_state) | {app:.2} |");
+    println!("| one output token appended per row (append_sampled) | {app_bulk:.2} |");
 }

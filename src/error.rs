@@ -68,6 +68,15 @@ pub enum UpdateError {
         /// The capacity.
         capacity: usize,
     },
+    /// [`Pipeline::append_sampled`](crate::Pipeline::append_sampled) got a number of tokens
+    /// other than the batch size.
+    #[error("{got} sampled tokens given for a batch of {batch_size} rows (one per row expected)")]
+    SampledLength {
+        /// The number of tokens given.
+        got: usize,
+        /// The current batch size.
+        batch_size: usize,
+    },
     /// The same row appears twice in `removed`.
     #[error("row {row} is removed twice in one update")]
     RemovedTwice {

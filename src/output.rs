@@ -13,7 +13,52 @@
 //! releases it before returning or calling back, so an engine may append from inside a
 //! cursor's callback without deadlock.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The list and a version number bumped (under the lock) by every change, so that a cursor
+/// with nothing new to read checks one atomic word instead of taking the lock.
+#[derive(Debug, Default)]
+struct Inner {
+    version: AtomicU64,
+    shared: Mutex<Shared>,
+}
+
+impl Inner {
+    /// Records a change; call with the lock held (writers are serialised by it): the new
+    /// version goes to the list and to every board slot that watches it.
+    fn bump(&self, s: &Shared) {
+        let v = self.version.load(Ordering::Relaxed).wrapping_add(1);
+        self.version.store(v, Ordering::Release);
+        for (board, slot) in &s.watchers {
+            board.versions[*slot as usize].store(v, Ordering::Release);
+        }
+    }
+}
+
+/// One contiguous array of output-list versions, a slot per watching cursor: a reader that
+/// follows many lists (a pipeline, one list per row) finds the changed ones in one pass over
+/// this array instead of one cache line per list. Writers store a list's new version into its
+/// slots under the list's lock.
+#[derive(Debug)]
+pub(crate) struct VersionBoard {
+    versions: Box<[AtomicU64]>,
+    free: Mutex<Vec<u32>>,
+}
+
+impl VersionBoard {
+    /// A board of `slots` slots. Allocates once.
+    pub(crate) fn new(slots: usize) -> Arc<Self> {
+        Arc::new(Self {
+            versions: (0..slots).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            free: Mutex::new((0..slots as u32).rev().collect()),
+        })
+    }
+
+    fn free(&self) -> MutexGuard<'_, Vec<u32>> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 #[derive(Debug, Default)]
 struct Shared {
@@ -21,6 +66,8 @@ struct Shared {
     /// Per cursor: the lowest length the list was truncated to since the cursor's last sync
     /// (`usize::MAX` when not truncated), or `None` for a free slot.
     cursors: Vec<Option<usize>>,
+    /// The board slots that mirror this list's version.
+    watchers: Vec<(Arc<VersionBoard>, u32)>,
 }
 
 /// A request's generated tokens: a cheap-to-clone handle (one reference count) that the engine
@@ -49,7 +96,7 @@ struct Shared {
 /// assert_eq!(changes, [OutputChange::Removed(9), OutputChange::Removed(5)]);
 /// ```
 #[derive(Debug, Clone, Default)]
-pub struct OutputTokens(Arc<Mutex<Shared>>);
+pub struct OutputTokens(Arc<Inner>);
 
 impl OutputTokens {
     /// An empty list.
@@ -58,17 +105,24 @@ impl OutputTokens {
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        lock(&self.0)
+        lock(&self.0.shared)
     }
 
     /// Appends a generated token. O(1) amortised.
     pub fn push(&self, token: u32) {
-        self.lock().tokens.push(token);
+        let mut s = self.lock();
+        s.tokens.push(token);
+        self.0.bump(&s);
     }
 
     /// Appends several generated tokens.
     pub fn extend(&self, tokens: &[u32]) {
-        self.lock().tokens.extend_from_slice(tokens);
+        if tokens.is_empty() {
+            return;
+        }
+        let mut s = self.lock();
+        s.tokens.extend_from_slice(tokens);
+        self.0.bump(&s);
     }
 
     /// Keeps the first `len` tokens and drops the rest (speculative decoding rejecting draft
@@ -83,6 +137,7 @@ impl OutputTokens {
         for low in s.cursors.iter_mut().flatten() {
             *low = (*low).min(len);
         }
+        self.0.bump(&s);
     }
 
     /// Number of tokens generated so far.
@@ -126,10 +181,28 @@ impl OutputTokens {
         s.cursors[slot] = Some(usize::MAX);
         OutputCursor {
             shared: self.0.clone(),
+            seen: None,
+            watch: None,
             slot,
             tokens: Vec::new(),
             scratch: Vec::new(),
         }
+    }
+
+    /// A cursor as [`cursor`](Self::cursor) whose list mirrors its version into a slot of
+    /// `board` (none when the board is full: the cursor then works without it).
+    pub(crate) fn watched_cursor(&self, board: &Arc<VersionBoard>) -> OutputCursor {
+        let mut c = self.cursor();
+        let Some(slot) = board.free().pop() else {
+            return c;
+        };
+        let mut s = self.lock();
+        board.versions[slot as usize]
+            .store(self.0.version.load(Ordering::Relaxed), Ordering::Release);
+        s.watchers.push((board.clone(), slot));
+        drop(s);
+        c.watch = Some((board.clone(), slot));
+        c
     }
 
     /// Whether `self` and `other` are handles to the same list.
@@ -140,10 +213,14 @@ impl OutputTokens {
 
 impl From<Vec<u32>> for OutputTokens {
     fn from(tokens: Vec<u32>) -> Self {
-        Self(Arc::new(Mutex::new(Shared {
-            tokens,
-            cursors: Vec::new(),
-        })))
+        Self(Arc::new(Inner {
+            version: AtomicU64::new(0),
+            shared: Mutex::new(Shared {
+                tokens,
+                cursors: Vec::new(),
+                watchers: Vec::new(),
+            }),
+        }))
     }
 }
 
@@ -168,7 +245,11 @@ pub enum OutputChange {
 /// cost is O(changes), whatever the length of the list.
 #[derive(Debug)]
 pub struct OutputCursor {
-    shared: Arc<Mutex<Shared>>,
+    shared: Arc<Inner>,
+    /// The list's version at the last sync (`None` before the first).
+    seen: Option<u64>,
+    /// The board slot that mirrors the list's version, if any.
+    watch: Option<(Arc<VersionBoard>, u32)>,
     slot: usize,
     tokens: Vec<u32>,
     scratch: Vec<u32>,
@@ -179,16 +260,46 @@ impl OutputCursor {
     /// (last-first) and then every token appended since the last sync. The list's lock is held
     /// only while copying the new tokens, never while `on_change` runs.
     ///
-    /// Returns the number of changes reported.
-    pub fn sync(&mut self, mut on_change: impl FnMut(OutputChange)) -> usize {
+    /// Returns the number of changes reported. When the list has not changed since the last
+    /// sync, costs one atomic load (no lock).
+    pub fn sync(&mut self, on_change: impl FnMut(OutputChange)) -> usize {
+        if self.seen == Some(self.shared.version.load(Ordering::Acquire)) {
+            return 0;
+        }
+        self.sync_and_push(None, on_change)
+    }
+
+    /// Appends `token` to the list (as [`OutputTokens::push`] on any handle of it would) and
+    /// then syncs, under one lock: the changes made through other handles since the last sync
+    /// are reported first, then `token`. Returns the number of changes reported.
+    pub(crate) fn push_and_sync(
+        &mut self,
+        token: u32,
+        on_change: impl FnMut(OutputChange),
+    ) -> usize {
+        self.sync_and_push(Some(token), on_change)
+    }
+
+    fn sync_and_push(
+        &mut self,
+        push: Option<u32>,
+        mut on_change: impl FnMut(OutputChange),
+    ) -> usize {
         self.scratch.clear();
         let kept = {
-            let mut s = lock(&self.shared);
+            let mut s = lock(&self.shared.shared);
             let low = s.cursors[self.slot]
                 .replace(usize::MAX)
                 .unwrap_or(usize::MAX);
             let kept = self.tokens.len().min(low).min(s.tokens.len());
             self.scratch.extend_from_slice(&s.tokens[kept..]);
+            if let Some(t) = push {
+                s.tokens.push(t);
+                self.scratch.push(t);
+                self.shared.bump(&s);
+            }
+            // Stable while the lock is held: writers bump it under the lock.
+            self.seen = Some(self.shared.version.load(Ordering::Relaxed));
             kept
         };
         let removed = self.tokens.len() - kept;
@@ -201,6 +312,26 @@ impl OutputCursor {
             on_change(OutputChange::Appended(t));
         }
         removed + self.scratch.len()
+    }
+
+    /// Loads the words a sync will read first (the list's version, the cursor's last token),
+    /// so that a caller about to sync many cursors can warm the cache in one tight loop whose
+    /// loads overlap. Reads only.
+    pub(crate) fn warm(&self) -> u64 {
+        self.shared.version.load(Ordering::Relaxed)
+            ^ u64::from(self.tokens.last().copied().unwrap_or(0))
+    }
+
+    /// Whether the list certainly did not change since the last sync, read from the cursor's
+    /// version board (false without one, or before the first sync).
+    pub(crate) fn unchanged(&self) -> bool {
+        match &self.watch {
+            Some((board, slot)) => {
+                self.seen.is_some()
+                    && self.seen == Some(board.versions[*slot as usize].load(Ordering::Acquire))
+            }
+            None => false,
+        }
     }
 
     /// The tokens as of the last [`sync`](Self::sync).
@@ -221,58 +352,117 @@ impl OutputCursor {
 
 impl Drop for OutputCursor {
     fn drop(&mut self) {
-        let mut s = lock(&self.shared);
+        let mut s = lock(&self.shared.shared);
         if let Some(c) = s.cursors.get_mut(self.slot) {
             *c = None;
+        }
+        if let Some((board, slot)) = self.watch.take() {
+            s.watchers
+                .retain(|(b, i)| !(Arc::ptr_eq(b, &board) && *i == slot));
+            drop(s);
+            board.free().push(slot);
         }
     }
 }
 
-/// One step's output changes of every row of a batch, read once (one lock per row) and shared
-/// by the processors that follow output tokens.
+/// One step's output changes, read once (one atomic check per row, a lock only for rows that
+/// changed) and shared by the processors that follow output tokens. Holds an entry for every
+/// row whose output changed and every row the step's update touched; other rows are unchanged.
 #[derive(Debug, Default)]
 pub(crate) struct StepOutputs {
     changes: Vec<OutputChange>,
-    /// Row `r`'s changes are `changes[start[r]..start[r + 1]]`.
-    start: Vec<usize>,
-    /// Row `r`'s output length after the changes (0 for a row without a cursor).
-    len: Vec<usize>,
+    /// The rows with an entry, in the order pushed.
+    rows: Vec<RowEntry>,
+    /// Per row: its index in `rows`, or `NONE`.
+    at: Vec<u32>,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct RowEntry {
+    row: usize,
+    start: usize,
+    end: usize,
+    /// The row's output length after the changes (0 for a row without a cursor).
+    len: usize,
+}
+
+const NONE: u32 = u32::MAX;
+
 impl StepOutputs {
-    /// Starts a new step.
-    pub(crate) fn clear(&mut self) {
+    /// Starts a new step for a batch of at most `capacity` rows. O(entries of the last step).
+    pub(crate) fn clear(&mut self, capacity: usize) {
+        for e in &self.rows {
+            self.at[e.row] = NONE;
+        }
+        if self.at.len() < capacity {
+            self.at.resize(capacity, NONE);
+        }
         self.changes.clear();
-        self.start.clear();
-        self.len.clear();
-        self.start.push(0);
+        self.rows.clear();
     }
 
-    /// Appends the next row: its cursor's changes since the last sync (none without a cursor).
-    pub(crate) fn push_row(&mut self, cursor: Option<&mut OutputCursor>) {
+    /// Whether `row` has an entry this step.
+    pub(crate) fn has(&self, row: usize) -> bool {
+        self.at.get(row).is_some_and(|&i| i != NONE)
+    }
+
+    /// Reads `row`'s cursor's changes since the last sync (none without a cursor), after
+    /// appending `token` to the row's list through the cursor (one lock for both) when given,
+    /// and gives the row an entry if there were any changes, or always when `always`. A row is
+    /// pushed at most once a step.
+    pub(crate) fn push_row(
+        &mut self,
+        row: usize,
+        cursor: Option<&mut OutputCursor>,
+        token: Option<u32>,
+        always: bool,
+    ) {
+        let start = self.changes.len();
         let len = match cursor {
             Some(c) => {
                 let changes = &mut self.changes;
-                c.sync(|ch| changes.push(ch));
+                match token {
+                    Some(t) => c.push_and_sync(t, |ch| changes.push(ch)),
+                    None => c.sync(|ch| changes.push(ch)),
+                };
                 c.len()
             }
             None => 0,
         };
-        self.start.push(self.changes.len());
-        self.len.push(len);
+        let end = self.changes.len();
+        if end > start || always {
+            self.at[row] = self.rows.len() as u32;
+            self.rows.push(RowEntry {
+                row,
+                start,
+                end,
+                len,
+            });
+        }
+    }
+
+    /// The rows with an entry (changed or touched), in the order pushed.
+    pub(crate) fn rows(&self) -> impl Iterator<Item = usize> + '_ {
+        self.rows.iter().map(|e| e.row)
+    }
+
+    fn entry(&self, row: usize) -> Option<&RowEntry> {
+        match self.at.get(row) {
+            Some(&i) if i != NONE => Some(&self.rows[i as usize]),
+            _ => None,
+        }
     }
 
     /// Row `row`'s changes this step (rollbacks first, last-first; then appends in order).
     pub(crate) fn row(&self, row: usize) -> &[OutputChange] {
-        match (self.start.get(row), self.start.get(row + 1)) {
-            (Some(&a), Some(&b)) => &self.changes[a..b],
-            _ => &[],
-        }
+        self.entry(row)
+            .map_or(&[][..], |e| &self.changes[e.start..e.end])
     }
 
-    /// Row `row`'s output length after this step's changes.
-    pub(crate) fn len(&self, row: usize) -> usize {
-        self.len.get(row).copied().unwrap_or(0)
+    /// Row `row`'s output length after this step's changes; `None` for a row without an entry
+    /// (its output did not change).
+    pub(crate) fn len(&self, row: usize) -> Option<usize> {
+        self.entry(row).map(|e| e.len)
     }
 }
 
@@ -292,5 +482,46 @@ pub(crate) fn for_changes(
         }
         (None, Some(c)) => c.sync(f),
         (None, None) => 0,
+    }
+}
+
+#[cfg(test)]
+mod board_tests {
+    use super::*;
+
+    #[test]
+    fn the_board_mirrors_every_change_and_recycles_slots() {
+        let board = VersionBoard::new(1);
+        let out = OutputTokens::from(vec![1, 2]);
+        let mut c = out.watched_cursor(&board);
+        assert!(!c.unchanged(), "never synced");
+        assert_eq!(c.sync(|_| {}), 2);
+        assert!(c.unchanged());
+        for change in [0, 1, 2] {
+            match change {
+                0 => out.push(3),
+                1 => out.extend(&[4, 5]),
+                _ => out.truncate(1),
+            }
+            assert!(!c.unchanged(), "change {change} not seen on the board");
+            c.sync(|_| {});
+            assert!(c.unchanged());
+        }
+        out.truncate(5); // no change
+        assert!(c.unchanged());
+        // Full board: a cursor without a slot still works (never "unchanged").
+        let mut d = out.watched_cursor(&board);
+        assert_eq!(d.sync(|_| {}), 1);
+        assert!(!d.unchanged());
+        // Dropping a cursor frees its slot and stops the list writing to it.
+        drop(c);
+        let other = OutputTokens::new();
+        let mut e = other.watched_cursor(&board);
+        e.sync(|_| {});
+        assert!(e.unchanged());
+        out.push(9); // `out` no longer watches the slot now held by `other`
+        assert!(e.unchanged());
+        other.push(1);
+        assert!(!e.unchanged());
     }
 }

@@ -4,10 +4,10 @@ use candle_core::Tensor;
 
 use crate::batch::BatchUpdate;
 use crate::config::ProcessorConfig;
-use crate::error::{ConfigError, Result};
+use crate::error::{ConfigError, Result, UpdateError};
 use crate::kernels::FusedOp;
 use crate::ledger::RowLedger;
-use crate::output::{OutputCursor, StepOutputs};
+use crate::output::{OutputCursor, OutputTokens, StepOutputs, VersionBoard};
 use crate::params::RequestParams;
 use crate::processor::LogitsProcessor;
 
@@ -72,12 +72,23 @@ use stage::{can_join, Kind};
 /// ```
 pub struct Pipeline {
     config: ProcessorConfig,
-    /// Per request, a cursor on its output tokens when a stage follows them: the pipeline reads
-    /// each request's new tokens once per step for all such stages.
-    ledger: RowLedger<OutputCursor>,
+    /// Per request, its output tokens, and a cursor on them when a stage follows them: the
+    /// pipeline reads each request's new tokens once per step for all such stages.
+    ledger: RowLedger<RowOutput>,
     follows_outputs: bool,
+    /// The versions of the followed output lists, in one array.
+    board: std::sync::Arc<VersionBoard>,
+    /// Rows whose output changed this step (reused).
+    changed: Vec<usize>,
     outputs: StepOutputs,
     stages: Vec<Stage>,
+}
+
+/// A request's output tokens as the pipeline follows them.
+#[derive(Debug)]
+struct RowOutput {
+    out: OutputTokens,
+    cursor: Option<OutputCursor>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -148,10 +159,14 @@ impl PipelineBuilder {
                 }
             }
         }
+        let capacity = self.config.max_batch_size();
         Ok(Pipeline {
-            ledger: RowLedger::new(self.config.max_batch_size()),
+            ledger: RowLedger::new(capacity),
             config: self.config,
             follows_outputs,
+            // Old and new requests' cursors coexist during an update: twice the capacity.
+            board: VersionBoard::new(if follows_outputs { 2 * capacity + 1 } else { 0 }),
+            changed: Vec::with_capacity(capacity),
             outputs: StepOutputs::default(),
             stages: self.stages,
         })
@@ -207,6 +222,121 @@ impl Pipeline {
         self.stages.iter_mut().find_map(|s| match &mut s.0 {
             Kind::Builtin(b) => b.as_token_bitmask(),
             Kind::Custom(_) => None,
+        })
+    }
+
+    /// Appends the step's sampled tokens to the outputs of the batch's requests and brings
+    /// every stage up to date: `tokens[r]` is pushed onto the [`OutputTokens`] of the request
+    /// at row `r`, for every row of the batch — the same as the engine pushing each token
+    /// itself and then calling [`update_state(None)`](LogitsProcessor::update_state), at the cost
+    /// of one lock per row instead of two. The engine's handles see the tokens. Call it instead
+    /// of pushing, once per step, before the next step's `update_state` with its batch changes
+    /// (if any); pushes, extends and rollbacks made through the handles are still followed.
+    ///
+    /// # Errors
+    ///
+    /// [`UpdateError::SampledLength`] if `tokens.len()` is not the batch size (nothing
+    /// changes); as `update_state` for a custom stage that fails.
+    ///
+    /// # Cost
+    ///
+    /// O(batch) host work: one lock per row and O(1) per row and stage that follows outputs;
+    /// no allocation once buffers have grown, no device synchronisation.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use logits_processors::*;
+    ///
+    /// let config = ProcessorConfig::builder().max_batch_size(2).vocab_size(8).build()?;
+    /// let mut pipeline = Pipeline::builder(&config)
+    ///     .with(Penalties::new(&config)?)
+    ///     .build()?;
+    /// let (a, b) = (OutputTokens::new(), OutputTokens::new());
+    /// let params = Arc::new(RequestParams::new().with_frequency_penalty(0.5));
+    /// let mut u = BatchUpdateBuilder::new();
+    /// u.add(0, params.clone()).with_output_tokens(a.clone());
+    /// u.add(1, params).with_output_tokens(b.clone());
+    /// pipeline.update_state(u.build(2))?;
+    /// pipeline.append_sampled(&[3, 5])?; // this step's sampled tokens, one per row
+    /// assert_eq!((a.to_vec(), b.to_vec()), (vec![3], vec![5]));
+    /// assert!(pipeline.append_sampled(&[1]).is_err()); // one token per row
+    /// # Ok::<(), logits_processors::Error>(())
+    /// ```
+    pub fn append_sampled(&mut self, tokens: &[u32]) -> Result<()> {
+        let batch_size = self.ledger.batch_size();
+        if tokens.len() != batch_size {
+            return Err(UpdateError::SampledLength {
+                got: tokens.len(),
+                batch_size,
+            }
+            .into());
+        }
+        self.update(None, Some(tokens))
+    }
+
+    /// `update_state`, with the step's sampled tokens appended first when given (one per
+    /// row of the batch after `update`).
+    fn update(&mut self, update: Option<&BatchUpdate>, sampled: Option<&[u32]>) -> Result<()> {
+        // One transactional pass: the rules, then every added request against every stage.
+        let (stages, follows, board) = (&self.stages, self.follows_outputs, &self.board);
+        self.ledger.apply(update, |added| {
+            stages
+                .iter()
+                .try_for_each(|s| s.processor().validate_params(&added.params))?;
+            Ok(Some(RowOutput {
+                out: added.output_token_ids.clone(),
+                cursor: follows.then(|| added.output_token_ids.watched_cursor(board)),
+            }))
+        })?;
+        let token = |row: usize| sampled.and_then(|s| s.get(row).copied());
+        // The step's output changes, read once per request for every stage that follows them.
+        // Rows the update touched always get an entry; other rows only when their output
+        // changed, found on the version board (one contiguous array, no per-list cache line).
+        self.outputs.clear(self.ledger.capacity());
+        if self.follows_outputs {
+            let batch = self.ledger.batch_size();
+            for i in 0..self.ledger.touched().len() {
+                let row = self.ledger.touched()[i];
+                if row < batch {
+                    let cursor = self.ledger.get_mut(row).and_then(|r| r.cursor.as_mut());
+                    self.outputs.push_row(row, cursor, token(row), true);
+                }
+            }
+            self.changed.clear();
+            for (row, r) in self.ledger.rows() {
+                let Some(c) = r.and_then(|r| r.cursor.as_ref()) else {
+                    continue;
+                };
+                if !self.outputs.has(row) && (sampled.is_some() || !c.unchanged()) {
+                    self.changed.push(row);
+                }
+            }
+            // Warm the changed rows' lists and cursors first: the loads overlap instead of
+            // missing one row after another (the lists are scattered over the heap).
+            let mut acc = 0u64;
+            for &row in &self.changed {
+                if let Some(c) = self.ledger.get(row).and_then(|r| r.cursor.as_ref()) {
+                    acc ^= c.warm();
+                }
+            }
+            std::hint::black_box(acc);
+            for &row in &self.changed {
+                let cursor = self.ledger.get_mut(row).and_then(|r| r.cursor.as_mut());
+                self.outputs.push_row(row, cursor, token(row), false);
+            }
+        } else if sampled.is_some() {
+            for (row, r) in self.ledger.rows() {
+                if let (Some(r), Some(t)) = (r, token(row)) {
+                    r.out.push(t);
+                }
+            }
+        }
+        let outputs = &self.outputs;
+        self.stages.iter_mut().try_for_each(|s| match &mut s.0 {
+            Kind::Builtin(b) => b.update_fed(update, outputs),
+            Kind::Custom(c) => c.update_state(update),
         })
     }
 
@@ -273,26 +403,7 @@ impl LogitsProcessor for Pipeline {
     }
 
     fn update_state(&mut self, update: Option<&BatchUpdate>) -> Result<()> {
-        // One transactional pass: the rules, then every added request against every stage.
-        let (stages, follows) = (&self.stages, self.follows_outputs);
-        self.ledger.apply(update, |added| {
-            stages
-                .iter()
-                .try_for_each(|s| s.processor().validate_params(&added.params))?;
-            Ok(follows.then(|| added.output_token_ids.cursor()))
-        })?;
-        // The step's output changes, read once per request for every stage that follows them.
-        self.outputs.clear();
-        if self.follows_outputs {
-            for (_, cursor) in self.ledger.rows_mut() {
-                self.outputs.push_row(cursor);
-            }
-        }
-        let outputs = &self.outputs;
-        self.stages.iter_mut().try_for_each(|s| match &mut s.0 {
-            Kind::Builtin(b) => b.update_fed(update, outputs),
-            Kind::Custom(c) => c.update_state(update),
-        })
+        self.update(update, None)
     }
 
     fn apply(&mut self, logits: &Tensor) -> Result<()> {

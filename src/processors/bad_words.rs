@@ -77,6 +77,9 @@ struct Row {
     singles: Vec<u32>,
     /// Longer sequences.
     words: Vec<Vec<u32>>,
+    /// The last token of each longer sequence's prefix (sorted, distinct): an output whose
+    /// last token is not among them matches no longer sequence.
+    prefix_ends: Vec<u32>,
     /// The request's output (standalone only).
     cursor: Option<OutputCursor>,
     /// The output as of this step, when the request has longer sequences.
@@ -171,8 +174,10 @@ impl BadWords {
             }
             let singles: Vec<u32> = all.iter().filter(|w| w.len() == 1).map(|w| w[0]).collect();
             let words: Vec<Vec<u32>> = all.iter().filter(|w| w.len() > 1).cloned().collect();
+            let ends: Vec<u32> = words.iter().map(|w| w[w.len() - 2]).collect();
             Ok(Some(Row {
                 singles: sorted_set(&singles),
+                prefix_ends: sorted_set(&ends),
                 cursor: (own && !words.is_empty()).then(|| a.output_token_ids.cursor()),
                 words,
                 output: Vec::new(),
@@ -182,15 +187,26 @@ impl BadWords {
         for &row in self.ledger.touched() {
             self.marks[row] = true;
         }
+        let batch = self.ledger.batch_size();
+        if let Some(o) = fed {
+            // Warm the outputs of the changed rows first: their loads overlap.
+            let mut acc = 0u32;
+            for row in o.rows() {
+                if let Some(r) = self.ledger.get(row) {
+                    acc ^= r.output.last().copied().unwrap_or(0);
+                }
+            }
+            std::hint::black_box(acc);
+        }
         let (table, scratch, marks) = (&mut self.table, &mut self.scratch, &mut self.marks);
         let mut result = Ok(());
-        for (row, state) in self.ledger.rows_mut() {
-            let touched = std::mem::take(&mut marks[row]);
+        let mut step = |row: usize, state: Option<&mut Row>, touched: bool| {
             let Some(r) = state else {
                 if touched {
-                    result = result.and(write_list(table, row, 1, &[]));
+                    result =
+                        std::mem::replace(&mut result, Ok(())).and(write_list(table, row, 1, &[]));
                 }
-                continue;
+                return;
             };
             let mut changed = 0;
             if !r.words.is_empty() {
@@ -203,21 +219,51 @@ impl BadWords {
                 });
             }
             if !touched && changed == 0 {
-                continue;
+                return;
+            }
+            // Fast path: no longer sequence can match and none did before.
+            let may_match = r
+                .output
+                .last()
+                .is_some_and(|t| r.prefix_ends.binary_search(t).is_ok());
+            if !touched && !may_match && r.banned.len() == r.singles.len() {
+                return;
             }
             let matched = banned(&r.singles, &r.words, &r.output, scratch);
             if !touched && !matched && r.banned.len() == r.singles.len() {
-                continue; // still just the one-token sequences
+                return; // still just the one-token sequences
             }
             if touched || *scratch != r.banned {
                 std::mem::swap(scratch, &mut r.banned);
-                result = result.and(write_list(table, row, 1, &r.banned));
+                result = std::mem::replace(&mut result, Ok(()))
+                    .and(write_list(table, row, 1, &r.banned));
+            }
+        };
+        match fed {
+            // Fed: only the touched rows and the rows whose output changed.
+            Some(o) => {
+                for i in 0..self.ledger.touched().len() {
+                    let row = self.ledger.touched()[i];
+                    if row < batch {
+                        step(row, self.ledger.get_mut(row), true);
+                    }
+                }
+                for row in o.rows() {
+                    if !marks[row] {
+                        step(row, self.ledger.get_mut(row), false);
+                    }
+                }
+            }
+            None => {
+                for (row, state) in self.ledger.rows_mut() {
+                    step(row, state, marks[row]);
+                }
             }
         }
         // Rows past the batch that an update emptied.
         for &row in self.ledger.touched() {
-            if std::mem::take(&mut self.marks[row]) {
-                write_list(&mut self.table, row, 1, &[])?;
+            if std::mem::take(&mut marks[row]) && row >= batch {
+                result = result.and(write_list(table, row, 1, &[]));
             }
         }
         result?;

@@ -153,8 +153,9 @@ impl MinTokens {
                 banning: false,
             }))
         })?;
+        // Fed: every touched or changed row has an entry; a row without one did not change.
         let len_of = |row: usize, r: &Row| match (fed, &r.out) {
-            (Some(o), _) => o.len(row),
+            (Some(o), _) => o.len(row).unwrap_or(0),
             (None, Some(out)) => out.len(),
             (None, None) => 0,
         };
@@ -174,14 +175,32 @@ impl MinTokens {
             };
             write_list(&mut self.table, row, 1, words)?;
         }
-        // Every request: the ban flips when its output crosses `min` (either way: rollback).
-        for (row, state) in self.ledger.rows_mut() {
-            let Some(r) = state else { continue };
+        // Every request whose output changed (fed: the rows with an entry; alone: all): the ban
+        // flips when its output crosses `min` (either way: rollback).
+        let (table, ledger) = (&mut self.table, &mut self.ledger);
+        let mut flip = |row: usize, r: &mut Row| {
             let banning = len_of(row, r) < r.min;
-            if banning != r.banning {
-                r.banning = banning;
-                let words = if banning { &r.stops[..] } else { &[][..] };
-                write_list(&mut self.table, row, 1, words)?;
+            if banning == r.banning {
+                return Ok(());
+            }
+            r.banning = banning;
+            let words = if banning { &r.stops[..] } else { &[][..] };
+            write_list(table, row, 1, words)
+        };
+        match fed {
+            Some(o) => {
+                for row in o.rows() {
+                    if let Some(r) = ledger.get_mut(row) {
+                        flip(row, r)?;
+                    }
+                }
+            }
+            None => {
+                for (row, state) in ledger.rows_mut() {
+                    if let Some(r) = state {
+                        flip(row, r)?;
+                    }
+                }
             }
         }
         Ok(self.table.sync()?)

@@ -3,6 +3,7 @@
 mod allowed_ids;
 mod bad_words;
 mod force_token;
+mod id_index;
 mod logit_bias;
 mod min_p;
 mod min_tokens;
