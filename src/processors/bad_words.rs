@@ -239,27 +239,7 @@ impl BadWords {
                     .and(write_list(table, row, 1, &r.banned));
             }
         };
-        match fed {
-            // Fed: only the touched rows and the rows whose output changed.
-            Some(o) => {
-                for i in 0..self.ledger.touched().len() {
-                    let row = self.ledger.touched()[i];
-                    if row < batch {
-                        step(row, self.ledger.get_mut(row), true);
-                    }
-                }
-                for row in o.rows() {
-                    if !marks[row] {
-                        step(row, self.ledger.get_mut(row), false);
-                    }
-                }
-            }
-            None => {
-                for (row, state) in self.ledger.rows_mut() {
-                    step(row, state, marks[row]);
-                }
-            }
-        }
+        crate::processors::visit_step_rows(&mut self.ledger, fed, marks, batch, &mut step);
         // Rows past the batch that an update emptied.
         for &row in self.ledger.touched() {
             if std::mem::take(&mut marks[row]) && row >= batch {
