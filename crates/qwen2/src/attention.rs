@@ -1,7 +1,7 @@
 //! Causal grouped-query attention over right-padded rows, in query chunks: the masks, and the
 //! scores → softmax → values product (fused in place on CUDA by [`crate::cuda`]).
 
-use anyhow::Result;
+use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 
 /// Default number of queries per attention chunk.

@@ -1,7 +1,7 @@
 //! One Qwen2 decoder layer: RMSNorm → q/k/v (with bias) → RoPE → attention → o_proj → residual,
 //! then RMSNorm → SiLU-gated MLP → residual.
 
-use anyhow::Result;
+use crate::error::Result;
 use candle_core::Tensor;
 
 use crate::attention::{attention, Dims, Masks};

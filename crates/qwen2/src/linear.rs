@@ -6,7 +6,7 @@
 //! `QMatMul` without being dequantized. Callers only use [`Linear::forward`] and
 //! [`Linear::stack`].
 
-use anyhow::{ensure, Result};
+use crate::error::{ensure, Error, Result};
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Tensor, D};
 
@@ -85,13 +85,18 @@ impl Linear {
     /// # Errors
     /// `parts` is empty or its layers have different `in_features`.
     pub fn stack(parts: &[Linear]) -> Result<Linear> {
-        ensure!(!parts.is_empty(), "cannot stack zero linear layers");
+        ensure!(
+            !parts.is_empty(),
+            Error::InvalidInput("cannot stack zero linear layers".into())
+        );
         let inputs = parts[0].shape()?.1;
         let mut dense = Vec::with_capacity(parts.len());
         for p in parts {
             ensure!(
                 p.shape()?.1 == inputs,
-                "cannot stack linear layers with different input widths"
+                Error::InvalidInput(
+                    "cannot stack linear layers with different input widths".into()
+                )
             );
             if let Linear::Dense(w) = p {
                 dense.push(w);

@@ -1,6 +1,6 @@
 //! Rotary position embeddings: the cosine and sine tables, computed once per model.
 
-use anyhow::Result;
+use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 
 /// RoPE cosine and sine tables `[positions, head_dim / 2]` in `dtype`, computed in f32 as Hugging

@@ -1,7 +1,7 @@
 //! Where a model's weights come from: a Hugging Face directory ([`crate::weights`]) or a GGUF
 //! file ([`crate::gguf`]), both read under Hugging Face tensor names.
 
-use anyhow::Result;
+use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 
 use crate::linear::Linear;
