@@ -34,8 +34,9 @@
 //! The two permutations are inverses of each other, which [`pack`] and [`unpack`] rely on and the
 //! tests check.
 
-use crate::error::{ensure, Error, Result};
 use candle_core::{DType, Device, Tensor};
+
+use crate::error::{ensure, Error, Result};
 
 /// Number of 4-bit values in one packed 32-bit word.
 pub const PACK_FACTOR: usize = 8;

@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
 use serde::Deserialize;
+
+use crate::error::{Error, Result};
 
 /// The fields of a Qwen2 `config.json` this implementation reads.
 #[derive(Debug, Clone, Deserialize)]

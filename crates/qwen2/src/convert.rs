@@ -10,10 +10,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 
 use crate::awq::{quantize, AwqConfig, PACK_FACTOR};
+use crate::error::{Error, Result};
 use crate::gguf::{Gguf, GgufLinears};
 use crate::source::WeightSource;
 

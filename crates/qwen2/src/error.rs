@@ -20,6 +20,26 @@ use candle_core::DType;
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Everything that can go wrong when loading a checkpoint or running the model.
+///
+/// Match on the variant to decide who acts; its fields name the file, tensor or value at
+/// fault. The error is `Send + Sync + 'static`, so `?` turns it into an `anyhow::Error` or a
+/// `Box<dyn Error>`.
+///
+/// # Example
+/// ```
+/// use candle_core::{DType, Device};
+/// use qwen2_prefill::{Error, Qwen2};
+///
+/// let dir = tempfile::tempdir()?; // a directory without config.json
+/// let err = Qwen2::load(dir.path(), &Device::Cpu, DType::F32)
+///     .err()
+///     .expect("there is no model there");
+/// assert!(matches!(err, Error::MissingConfig { .. }));
+/// // The message names the file; the operating system's error is the source.
+/// assert!(err.to_string().contains("config.json"));
+/// assert!(std::error::Error::source(&err).is_some());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -60,9 +80,9 @@ pub enum Error {
     Safetensors {
         /// The file.
         path: PathBuf,
-        /// candle's error.
+        /// candle's error (boxed: it is large).
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     /// A checkpoint file or directory lacks something it must have (weights, a shard, a
     /// metadata key) or holds an inconsistent value.
@@ -80,9 +100,9 @@ pub enum Error {
         path: PathBuf,
         /// What was being read (a metadata key, a tensor, the header).
         what: String,
-        /// candle's error.
+        /// candle's error (boxed: it is large).
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     /// The checkpoint describes a model this crate does not run (another architecture, sliding
     /// windows, scaled RoPE, a quantization other than AWQ GEMM 4-bit, …) or impossible values.
@@ -140,9 +160,9 @@ pub enum Error {
         name: String,
         /// The file that holds it.
         path: PathBuf,
-        /// candle's error.
+        /// candle's error (boxed: it is large).
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     /// An AWQ layer does not fit the packing (or its config is missing).
     #[error("AWQ layer `{layer}`: {reason}")]

@@ -15,12 +15,12 @@ use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::error::{ensure, Error, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::Config;
+use crate::error::{ensure, Error, Result};
 use crate::linear::Linear;
 use crate::source::WeightSource;
 
@@ -125,7 +125,7 @@ impl Gguf {
         let content = Content::read(&mut reader).map_err(|source| Error::Gguf {
             path: path.to_path_buf(),
             what: "not a readable GGUF file".into(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -169,7 +169,7 @@ impl Gguf {
         move |source| Error::Gguf {
             path: self.path.clone(),
             what,
-            source,
+            source: Box::new(source),
         }
     }
 

@@ -6,9 +6,10 @@
 //! `QMatMul` without being dequantized. Callers only use [`Linear::forward`] and
 //! [`Linear::stack`].
 
-use crate::error::{ensure, Error, Result};
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Tensor, D};
+
+use crate::error::{ensure, Error, Result};
 
 /// A linear map `y = x · Wᵀ` (no bias; Qwen2's q/k/v biases are added by the layer).
 #[derive(Debug, Clone)]

@@ -3,12 +3,12 @@
 
 use std::path::Path;
 
-use crate::error::{ensure, Error, Result};
 use candle_core::{DType, Device, Tensor};
 
 use crate::attention::{Dims, Masks, DEFAULT_QUERY_CHUNK, SCORE_BUDGET};
 use crate::awq::AwqConfig;
 use crate::config::Config;
+use crate::error::{ensure, Error, Result};
 use crate::gguf::{is_gguf, Gguf, GgufLinears};
 use crate::layer::Layer;
 use crate::linear::Linear;

@@ -18,10 +18,10 @@
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use crate::error::{ensure, Error, Result};
 use half::f16;
 
 use crate::awq::{self, AwqConfig, AwqLayer, PACK_FACTOR};
+use crate::error::{ensure, Error, Result};
 
 /// How the linear layers of a generated checkpoint are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::error::{ensure, Error, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use crate::awq::{AwqConfig, AwqLayer, PACK_FACTOR};
+use crate::error::{ensure, Error, Result};
 use crate::linear::Linear;
 use crate::source::WeightSource;
 
@@ -69,7 +69,7 @@ impl Weights {
             let st =
                 unsafe { MmapedSafetensors::new(&path) }.map_err(|source| Error::Safetensors {
                     path: path.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             for (name, _) in st.tensors() {
                 index.entry(name).or_insert(i);
@@ -103,7 +103,7 @@ impl Weights {
         let read_error = |source| Error::TensorRead {
             name: name.to_string(),
             path: path.clone(),
-            source,
+            source: Box::new(source),
         };
         let view = st.get(name).map_err(read_error)?;
         ensure!(
@@ -183,7 +183,7 @@ impl WeightSource for Weights {
                 Error::TensorRead {
                     name: name.to_string(),
                     path: path.to_path_buf(),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
         Ok(t.to_device(device)?.to_dtype(dtype)?)

@@ -6,8 +6,9 @@
 
 use std::ffi::c_void;
 
-use crate::error::{Error, Result};
 use candle_core::cuda_backend::cudarc::cublas::{result, sys, CudaBlas};
+
+use crate::error::{Error, Result};
 
 /// Element type of a matrix in device memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::error::{Error, Result};
 use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
@@ -20,6 +19,8 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::cudarc::nvrtc;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::CudaDevice;
+
+use crate::error::{Error, Result};
 
 /// CUDA C source: the shared header first, then one file per kernel family.
 const SOURCE: &str = concat!(

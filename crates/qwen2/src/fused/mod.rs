@@ -27,12 +27,12 @@ mod workspace;
 
 use std::sync::Mutex;
 
-use crate::error::{ensure, Error, Result};
 use candle_core::cuda_backend::cudarc::driver::DevicePtr;
 use candle_core::cuda_backend::CudaStorageSlice;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Device, Storage, Tensor};
 
+use crate::error::{ensure, Error, Result};
 use crate::layer::Layer;
 use gemm::{Elem, Mat};
 use kernels::{Half, Kernels};

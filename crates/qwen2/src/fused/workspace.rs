@@ -1,10 +1,11 @@
 //! The fused forward pass's device buffers and the per-batch metadata they receive.
 
-use crate::error::{ensure, Error, Result};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr};
 use candle_core::CudaDevice;
 
 use super::{Shape, MLP_CHUNK};
+
+use crate::error::{ensure, Error, Result};
 
 /// One batch's metadata, as the kernels read it: all `u32`, uploaded in one copy.
 ///
