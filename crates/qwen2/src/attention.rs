@@ -1,8 +1,9 @@
 //! Causal grouped-query attention over right-padded rows, in query chunks: the masks, and the
 //! scores → softmax → values product (fused in place on CUDA by [`crate::cuda`]).
 
-use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
+
+use crate::error::Result;
 
 /// Default number of queries per attention chunk.
 pub const DEFAULT_QUERY_CHUNK: usize = 512;

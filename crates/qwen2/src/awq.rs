@@ -34,8 +34,9 @@
 //! The two permutations are inverses of each other, which [`pack`] and [`unpack`] rely on and the
 //! tests check.
 
-use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
+
+use crate::error::{ensure, Error, Result};
 
 /// Number of 4-bit values in one packed 32-bit word.
 pub const PACK_FACTOR: usize = 8;
@@ -68,50 +69,74 @@ impl AwqConfig {
     /// integer `group_size` (AutoAWQ also writes `q_group_size`) that is positive or `-1`.
     /// Anything else (GPTQ, GEMV, Marlin, 8 bits, …) is a clear error.
     pub fn from_json(value: &serde_json::Value) -> Result<Self> {
+        let unsupported = |reason: String| Error::UnsupportedModel { path: None, reason };
         let obj = value
             .as_object()
-            .context("quantization_config is not a JSON object")?;
+            .ok_or_else(|| unsupported("quantization_config is not a JSON object".into()))?;
         let method = obj
             .get("quant_method")
             .and_then(|v| v.as_str())
-            .context("quantization_config has no string field `quant_method`")?;
+            .ok_or_else(|| {
+                unsupported("quantization_config has no string field `quant_method`".into())
+            })?;
         ensure!(
             method.eq_ignore_ascii_case("awq"),
-            "quantization method {method:?} is not supported (only AWQ GEMM 4-bit)"
+            unsupported(format!(
+                "quantization method {method:?} is not supported (only AWQ GEMM 4-bit)"
+            ))
         );
         let bits = obj
             .get("bits")
             .or_else(|| obj.get("w_bit"))
             .and_then(|v| v.as_i64())
-            .context("AWQ quantization_config has no integer field `bits`")?;
-        ensure!(bits == 4, "AWQ with {bits} bits is not supported (only 4)");
+            .ok_or_else(|| {
+                unsupported("AWQ quantization_config has no integer field `bits`".into())
+            })?;
+        ensure!(
+            bits == 4,
+            unsupported(format!("AWQ with {bits} bits is not supported (only 4)"))
+        );
         let version = obj
             .get("version")
             .and_then(|v| v.as_str())
             .unwrap_or("gemm");
         ensure!(
             version.eq_ignore_ascii_case("gemm"),
-            "AWQ version {version:?} is not supported (only the GEMM packing layout; \
+            unsupported(format!(
+                "AWQ version {version:?} is not supported (only the GEMM packing layout; \
              GEMV, GEMV_fast, Marlin and ExLlama checkpoints pack weights differently)"
+            ))
         );
         let zero_point = obj
             .get("zero_point")
-            .map(|v| v.as_bool().context("AWQ `zero_point` is not a boolean"))
+            .map(|v| {
+                v.as_bool()
+                    .ok_or_else(|| unsupported("AWQ `zero_point` is not a boolean".into()))
+            })
             .transpose()?
             .unwrap_or(true);
         ensure!(
             zero_point,
-            "AWQ with zero_point=false is not supported (only asymmetric GEMM with qzeros)"
+            unsupported(
+                "AWQ with zero_point=false is not supported (only asymmetric GEMM with qzeros)"
+                    .into()
+            )
         );
         let group = obj
             .get("group_size")
             .or_else(|| obj.get("q_group_size"))
             .and_then(|v| v.as_i64())
-            .context("AWQ quantization_config has no integer field `group_size`")?;
+            .ok_or_else(|| {
+                unsupported("AWQ quantization_config has no integer field `group_size`".into())
+            })?;
         let group_size = match group {
             -1 => None,
             g if g > 0 => Some(g as usize),
-            g => bail!("AWQ group_size {g} is invalid (must be positive or -1)"),
+            g => {
+                return Err(unsupported(format!(
+                    "AWQ group_size {g} is invalid (must be positive or -1)"
+                )))
+            }
         };
         Ok(Self { group_size })
     }
@@ -150,7 +175,10 @@ pub fn pack_word(values: &[u8; PACK_FACTOR]) -> Result<u32> {
     let mut word = 0u32;
     for (nibble, &col) in AWQ_ORDER.iter().enumerate() {
         let v = values[col];
-        ensure!(v < 16, "value {v} does not fit in 4 bits");
+        ensure!(
+            v < 16,
+            Error::InvalidInput(format!("value {v} does not fit in 4 bits"))
+        );
         word |= (v as u32) << (4 * nibble);
     }
     Ok(word)
@@ -171,8 +199,10 @@ pub fn unpack(packed: &[u32]) -> Vec<u8> {
 pub fn pack(values: &[u8]) -> Result<Vec<u32>> {
     ensure!(
         values.len().is_multiple_of(PACK_FACTOR),
-        "cannot pack {} values: not a multiple of {PACK_FACTOR}",
-        values.len()
+        Error::InvalidInput(format!(
+            "cannot pack {} values: not a multiple of {PACK_FACTOR}",
+            values.len()
+        ))
     );
     values
         .chunks_exact(PACK_FACTOR)
@@ -204,28 +234,38 @@ impl AwqLayer {
         let (inf, outf, group) = (self.in_features, self.out_features, self.group);
         ensure!(
             outf % PACK_FACTOR == 0,
-            "out_features {outf} is not a multiple of {PACK_FACTOR}"
+            Error::InvalidInput(format!(
+                "out_features {outf} is not a multiple of {PACK_FACTOR}"
+            ))
         );
         ensure!(
             group > 0 && inf % group == 0,
-            "in_features {inf} is not a multiple of the group size {group}"
+            Error::InvalidInput(format!(
+                "in_features {inf} is not a multiple of the group size {group}"
+            ))
         );
         let words = outf / PACK_FACTOR;
         let groups = inf / group;
         ensure!(
             self.qweight.len() == inf * words,
-            "qweight has {} words, expected [{inf}, {words}]",
-            self.qweight.len()
+            Error::InvalidInput(format!(
+                "qweight has {} words, expected [{inf}, {words}]",
+                self.qweight.len()
+            ))
         );
         ensure!(
             self.qzeros.len() == groups * words,
-            "qzeros has {} words, expected [{groups}, {words}]",
-            self.qzeros.len()
+            Error::InvalidInput(format!(
+                "qzeros has {} words, expected [{groups}, {words}]",
+                self.qzeros.len()
+            ))
         );
         ensure!(
             self.scales.len() == groups * outf,
-            "scales has {} values, expected [{groups}, {outf}]",
-            self.scales.len()
+            Error::InvalidInput(format!(
+                "scales has {} values, expected [{groups}, {outf}]",
+                self.scales.len()
+            ))
         );
         Ok(())
     }
@@ -309,12 +349,16 @@ pub fn quantize(
 ) -> Result<AwqLayer> {
     ensure!(
         weight.len() == out_features * in_features,
-        "weight has {} values, expected [{out_features}, {in_features}]",
-        weight.len()
+        Error::InvalidInput(format!(
+            "weight has {} values, expected [{out_features}, {in_features}]",
+            weight.len()
+        ))
     );
     ensure!(
         out_features.is_multiple_of(PACK_FACTOR) && group > 0 && in_features.is_multiple_of(group),
-        "[{out_features}, {in_features}] does not fit AWQ packing with group size {group}"
+        Error::InvalidInput(format!(
+            "[{out_features}, {in_features}] does not fit AWQ packing with group size {group}"
+        ))
     );
     let groups = in_features / group;
     let mut scales = vec![0f32; groups * out_features];

@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
+
+use crate::error::{Error, Result};
 
 /// The fields of a Qwen2 `config.json` this implementation reads.
 #[derive(Debug, Clone, Deserialize)]
@@ -71,17 +72,23 @@ fn default_max_positions() -> usize {
 
 impl Config {
     /// Reads and checks `config.json` (the path is named in every error).
+    ///
+    /// # Errors
+    /// [`Error::MissingConfig`] if the file cannot be read, [`Error::Json`] if it does not parse,
+    /// [`Error::UnsupportedModel`] if it describes a model this crate does not run.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "cannot read model config {} (a Hugging Face checkpoint directory needs a config.json)",
-                path.display()
-            )
+        let text = std::fs::read_to_string(path).map_err(|source| Error::MissingConfig {
+            path: path.to_path_buf(),
+            source,
         })?;
-        let cfg: Config = serde_json::from_str(&text)
-            .with_context(|| format!("cannot parse model config {}", path.display()))?;
-        cfg.validate()
-            .with_context(|| format!("unsupported model config {}", path.display()))?;
+        let cfg: Config = serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        cfg.validate().map_err(|reason| Error::UnsupportedModel {
+            path: Some(path.to_path_buf()),
+            reason,
+        })?;
         Ok(cfg)
     }
 
@@ -113,15 +120,27 @@ impl Config {
         self.torch_dtype.as_deref().or(self.dtype.as_deref())
     }
 
-    /// Rejects what this implementation does not support, and values that cannot be right.
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Rejects what this implementation does not support, and values that cannot be right;
+    /// `Err` says what (the caller names the file).
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
+        macro_rules! ensure {
+            ($cond:expr, $($msg:tt)+) => {
+                if !$cond {
+                    return Err(format!($($msg)+));
+                }
+            };
+        }
         match (&self.model_type, &self.architectures) {
-            (None, None) => bail!("neither `model_type` nor `architectures` is set"),
+            (None, None) => return Err("neither `model_type` nor `architectures` is set".into()),
             (Some(mt), _) if mt != "qwen2" => {
-                bail!("model_type {mt:?} is not supported (only \"qwen2\", Qwen2ForCausalLM)")
+                return Err(format!(
+                    "model_type {mt:?} is not supported (only \"qwen2\", Qwen2ForCausalLM)"
+                ));
             }
             (_, Some(archs)) if !archs.iter().any(|a| a == "Qwen2ForCausalLM") => {
-                bail!("architectures {archs:?} are not supported (only Qwen2ForCausalLM)")
+                return Err(format!(
+                    "architectures {archs:?} are not supported (only Qwen2ForCausalLM)"
+                ));
             }
             _ => {}
         }

@@ -10,10 +10,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 use crate::awq::{quantize, AwqConfig, PACK_FACTOR};
+use crate::error::{Error, Result};
 use crate::gguf::{Gguf, GgufLinears};
 use crate::source::WeightSource;
 
@@ -74,8 +74,11 @@ pub fn gguf_to_awq(gguf: &Path, out_dir: &Path, group: usize) -> Result<usize> {
             )?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let layer = quantize(&w, *out_f, *in_f, group)
-            .with_context(|| format!("cannot quantize `{prefix}`"))?;
+        let layer = quantize(&w, *out_f, *in_f, group).map_err(|source| Error::Layer {
+            action: "quantize",
+            layer: prefix.clone(),
+            source: Box::new(source),
+        })?;
         let words = out_f / PACK_FACTOR;
         let as_i32 = |v: Vec<u32>, shape: (usize, usize)| -> Result<Tensor> {
             let v: Vec<i32> = v.into_iter().map(|w| w as i32).collect();
@@ -94,8 +97,7 @@ pub fn gguf_to_awq(gguf: &Path, out_dir: &Path, group: usize) -> Result<usize> {
             Tensor::from_vec(layer.scales, (in_f / group, *out_f), &cpu)?.to_dtype(DType::F16)?,
         );
     }
-    std::fs::create_dir_all(out_dir)
-        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir).map_err(Error::io("create", out_dir))?;
     let config = serde_json::json!({
         "architectures": ["Qwen2ForCausalLM"],
         "model_type": "qwen2",
@@ -116,10 +118,15 @@ pub fn gguf_to_awq(gguf: &Path, out_dir: &Path, group: usize) -> Result<usize> {
         "quantization_config": AwqConfig::new(Some(group)).to_json(),
     });
     let config_path = out_dir.join("config.json");
-    std::fs::write(&config_path, serde_json::to_string_pretty(&config)? + "\n")
-        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    let text = serde_json::to_string_pretty(&config).map_err(|source| Error::Json {
+        path: config_path.clone(),
+        source,
+    })?;
+    std::fs::write(&config_path, text + "\n").map_err(Error::io("write", &config_path))?;
     let weights = out_dir.join("model.safetensors");
-    candle_core::safetensors::save(&tensors, &weights)
-        .with_context(|| format!("cannot write {}", weights.display()))?;
+    candle_core::safetensors::save(&tensors, &weights).map_err(|e| match e {
+        candle_core::Error::Io(source) => Error::io("write", &weights)(source),
+        e => Error::Candle(e),
+    })?;
     Ok(linears.len())
 }

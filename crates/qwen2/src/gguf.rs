@@ -15,12 +15,12 @@ use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::Config;
+use crate::error::{ensure, Error, Result};
 use crate::linear::Linear;
 use crate::source::WeightSource;
 
@@ -90,15 +90,10 @@ fn gguf_name(hf: &str) -> Result<String> {
     if let Some(t) = top {
         return Ok(t.to_string());
     }
-    let rest = hf
-        .strip_prefix("model.layers.")
-        .with_context(|| format!("no GGUF name for tensor `{hf}`"))?;
-    let (layer, rest) = rest
-        .split_once('.')
-        .with_context(|| format!("no GGUF name for tensor `{hf}`"))?;
-    let (module, suffix) = rest
-        .rsplit_once('.')
-        .with_context(|| format!("no GGUF name for tensor `{hf}`"))?;
+    let no_name = || Error::InvalidInput(format!("no GGUF name for tensor `{hf}`"));
+    let rest = hf.strip_prefix("model.layers.").ok_or_else(no_name)?;
+    let (layer, rest) = rest.split_once('.').ok_or_else(no_name)?;
+    let (module, suffix) = rest.rsplit_once('.').ok_or_else(no_name)?;
     let module = match module {
         "input_layernorm" => "attn_norm",
         "post_attention_layernorm" => "ffn_norm",
@@ -109,7 +104,11 @@ fn gguf_name(hf: &str) -> Result<String> {
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
-        other => bail!("no GGUF name for module `{other}` of tensor `{hf}`"),
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "no GGUF name for module `{other}` of tensor `{hf}`"
+            )))
+        }
     };
     Ok(format!("blk.{layer}.{module}.{suffix}"))
 }
@@ -121,10 +120,13 @@ impl Gguf {
     /// # Errors
     /// The file cannot be opened or is not a GGUF file (the message names it).
     pub fn open(path: &Path, linears: GgufLinears) -> Result<Self> {
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file = File::open(path).map_err(Error::io("open", path))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
-        let content = Content::read(&mut reader)
-            .map_err(|e| anyhow!("{} is not a readable GGUF file: {e}", path.display()))?;
+        let content = Content::read(&mut reader).map_err(|source| Error::Gguf {
+            path: path.to_path_buf(),
+            what: "not a readable GGUF file".into(),
+            source: Box::new(source),
+        })?;
         Ok(Self {
             path: path.to_path_buf(),
             content,
@@ -142,7 +144,7 @@ impl Gguf {
         self.content
             .metadata
             .get(key)
-            .with_context(|| format!("GGUF {} has no metadata `{key}`", self.path.display()))
+            .ok_or_else(|| Error::malformed(&self.path, format!("GGUF has no metadata `{key}`")))
     }
 
     fn meta_usize(&self, key: &str) -> Result<usize> {
@@ -151,7 +153,7 @@ impl Gguf {
             .map(|x| x as usize)
             .or_else(|_| v.to_u32().map(|x| x as usize))
             .or_else(|_| v.to_i32().map(|x| x as usize))
-            .map_err(|e| anyhow!("GGUF {}: `{key}`: {e}", self.path.display()))
+            .map_err(self.bad(format!("`{key}`")))
     }
 
     fn meta_f64(&self, key: &str) -> Result<f64> {
@@ -159,7 +161,16 @@ impl Gguf {
         v.to_f32()
             .map(f64::from)
             .or_else(|_| v.to_f64())
-            .map_err(|e| anyhow!("GGUF {}: `{key}`: {e}", self.path.display()))
+            .map_err(self.bad(format!("`{key}`")))
+    }
+
+    /// An [`Error::Gguf`] for this file: reading `what` failed.
+    fn bad(&self, what: String) -> impl FnOnce(candle_core::Error) -> Error + '_ {
+        move |source| Error::Gguf {
+            path: self.path.clone(),
+            what,
+            source: Box::new(source),
+        }
     }
 
     /// The `general.architecture` of the file.
@@ -170,7 +181,7 @@ impl Gguf {
         Ok(self
             .meta("general.architecture")?
             .to_string()
-            .map_err(|e| anyhow!("GGUF {}: general.architecture: {e}", self.path.display()))?)
+            .map_err(self.bad("general.architecture".into()))?)
     }
 
     /// The model's configuration, from the `qwen2.*` metadata and the embedding's shape.
@@ -182,20 +193,26 @@ impl Gguf {
         let arch = self.architecture()?;
         ensure!(
             arch == "qwen2",
-            "GGUF {}: architecture {arch:?} is not supported (only \"qwen2\", Qwen2 and Qwen2.5)",
-            self.path.display()
+            Error::UnsupportedModel {
+                path: Some(self.path.clone()),
+                reason: format!(
+                    "architecture {arch:?} is not supported (only \"qwen2\", Qwen2 and Qwen2.5)"
+                ),
+            }
         );
         let embd = self
             .content
             .tensor_infos
             .get("token_embd.weight")
-            .with_context(|| format!("GGUF {} has no token_embd.weight", self.path.display()))?;
+            .ok_or_else(|| Error::malformed(&self.path, "GGUF has no token_embd.weight"))?;
         // GGUF lists dimensions innermost first: [hidden, vocab].
         let dims = embd.shape.dims();
         ensure!(
             dims.len() == 2,
-            "GGUF {}: token_embd.weight has shape {dims:?}",
-            self.path.display()
+            Error::malformed(
+                &self.path,
+                format!("token_embd.weight has shape {dims:?}, expected two dimensions")
+            )
         );
         let (vocab_size, hidden) = (dims[0], dims[1]);
         let (vocab_size, hidden) = if hidden == self.meta_usize("qwen2.embedding_length")? {
@@ -227,12 +244,18 @@ impl Gguf {
         };
         ensure!(
             cfg.hidden_size == hidden,
-            "GGUF {}: token_embd.weight is {dims:?}, but embedding_length is {}",
-            self.path.display(),
-            cfg.hidden_size
+            Error::malformed(
+                &self.path,
+                format!(
+                    "token_embd.weight is {dims:?}, but embedding_length is {}",
+                    cfg.hidden_size
+                )
+            )
         );
-        cfg.validate()
-            .with_context(|| format!("unsupported model in GGUF {}", self.path.display()))?;
+        cfg.validate().map_err(|reason| Error::UnsupportedModel {
+            path: Some(self.path.clone()),
+            reason,
+        })?;
         Ok(cfg)
     }
 
@@ -245,13 +268,13 @@ impl Gguf {
         let tokens = self
             .meta("tokenizer.ggml.tokens")?
             .to_vec()
-            .map_err(|e| anyhow!("GGUF {}: tokenizer.ggml.tokens: {e}", self.path.display()))?;
+            .map_err(self.bad("tokenizer.ggml.tokens".into()))?;
         tokens
             .iter()
             .map(|t| {
-                t.to_string().cloned().map_err(|e| {
-                    anyhow!("GGUF {}: tokenizer.ggml.tokens: {e}", self.path.display())
-                })
+                t.to_string()
+                    .cloned()
+                    .map_err(self.bad("tokenizer.ggml.tokens".into()))
             })
             .collect()
     }
@@ -265,34 +288,23 @@ impl Gguf {
         let strings = |key: &str| -> Result<Vec<String>> {
             self.meta(key)?
                 .to_vec()
-                .map_err(|e| anyhow!("GGUF {}: {key}: {e}", self.path.display()))?
+                .map_err(self.bad(key.into()))?
                 .iter()
-                .map(|v| {
-                    v.to_string()
-                        .cloned()
-                        .map_err(|e| anyhow!("GGUF {}: {key}: {e}", self.path.display()))
-                })
+                .map(|v| v.to_string().cloned().map_err(self.bad(key.into())))
                 .collect()
         };
         let text = |key: &str| -> Result<Option<String>> {
             match self.content.metadata.get(key) {
                 None => Ok(None),
-                Some(v) => Ok(Some(
-                    v.to_string()
-                        .map_err(|e| anyhow!("GGUF {}: {key}: {e}", self.path.display()))?
-                        .clone(),
-                )),
+                Some(v) => Ok(Some(v.to_string().map_err(self.bad(key.into()))?.clone())),
             }
         };
         let token_types = self
             .meta("tokenizer.ggml.token_type")?
             .to_vec()
-            .map_err(|e| anyhow!("GGUF {}: token_type: {e}", self.path.display()))?
+            .map_err(self.bad("token_type".into()))?
             .iter()
-            .map(|v| {
-                v.to_i32()
-                    .map_err(|e| anyhow!("GGUF {}: token_type: {e}", self.path.display()))
-            })
+            .map(|v| v.to_i32().map_err(self.bad("token_type".into())))
             .collect::<Result<Vec<i32>>>()?;
         Ok(TokenizerData {
             model: text("tokenizer.ggml.model")?.unwrap_or_default(),
@@ -305,21 +317,25 @@ impl Gguf {
 
     /// The quantized tensor `name` (GGUF name), checked to hold `shape` (`[out, in]`).
     fn qtensor(&self, name: &str, shape: &[usize], device: &Device) -> Result<QTensor> {
-        let mut reader = self
-            .reader
-            .lock()
-            .map_err(|_| anyhow!("GGUF reader poisoned"))?;
+        let mut reader = self.reader.lock().map_err(|_| Error::Io {
+            action: "read",
+            path: self.path.clone(),
+            source: std::io::Error::other("GGUF reader poisoned"),
+        })?;
         let reader: &mut BufReader<File> = &mut reader;
-        reader.rewind()?;
+        reader.rewind().map_err(Error::io("read", &self.path))?;
         let t = self
             .content
             .tensor(reader, name, device)
-            .map_err(|e| anyhow!("GGUF {}: tensor `{name}`: {e}", self.path.display()))?;
+            .map_err(self.bad(format!("tensor `{name}`")))?;
         ensure!(
             t.shape().dims() == shape,
-            "GGUF {}: tensor `{name}` has shape {:?}, expected {shape:?}",
-            self.path.display(),
-            t.shape().dims()
+            Error::TensorShape {
+                name: name.to_string(),
+                path: self.path.clone(),
+                found: t.shape().dims().to_vec(),
+                expected: shape.to_vec(),
+            }
         );
         Ok(t)
     }

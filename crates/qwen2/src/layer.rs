@@ -1,10 +1,10 @@
 //! One Qwen2 decoder layer: RMSNorm → q/k/v (with bias) → RoPE → attention → o_proj → residual,
 //! then RMSNorm → SiLU-gated MLP → residual.
 
-use anyhow::Result;
 use candle_core::Tensor;
 
 use crate::attention::{attention, Dims, Masks};
+use crate::error::Result;
 use crate::linear::Linear;
 
 /// One decoder layer's weights.

@@ -16,6 +16,7 @@
 //!
 //! | file | what |
 //! | --- | --- |
+//! | `error.rs` | [`Error`]: what can go wrong, grouped by who must act |
 //! | `config.rs` | [`Config`]: the `config.json` fields read, and what is rejected |
 //! | `source.rs` | where weights come from, under Hugging Face names |
 //! | `weights.rs` | the safetensors files of a checkpoint |
@@ -38,6 +39,7 @@ mod config;
 pub mod convert;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod error;
 #[cfg(feature = "cuda")]
 mod fused;
 pub mod gguf;
@@ -52,6 +54,7 @@ mod weights;
 
 pub use attention::{DEFAULT_QUERY_CHUNK, SCORE_BUDGET};
 pub use config::Config;
+pub use error::{Error, Result};
 pub use gguf::GgufLinears;
 pub use linear::Linear;
 pub use model::{ForwardPath, Qwen2};

@@ -6,9 +6,10 @@
 //! `QMatMul` without being dequantized. Callers only use [`Linear::forward`] and
 //! [`Linear::stack`].
 
-use anyhow::{ensure, Result};
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Tensor, D};
+
+use crate::error::{ensure, Error, Result};
 
 /// A linear map `y = x · Wᵀ` (no bias; Qwen2's q/k/v biases are added by the layer).
 #[derive(Debug, Clone)]
@@ -85,13 +86,18 @@ impl Linear {
     /// # Errors
     /// `parts` is empty or its layers have different `in_features`.
     pub fn stack(parts: &[Linear]) -> Result<Linear> {
-        ensure!(!parts.is_empty(), "cannot stack zero linear layers");
+        ensure!(
+            !parts.is_empty(),
+            Error::InvalidInput("cannot stack zero linear layers".into())
+        );
         let inputs = parts[0].shape()?.1;
         let mut dense = Vec::with_capacity(parts.len());
         for p in parts {
             ensure!(
                 p.shape()?.1 == inputs,
-                "cannot stack linear layers with different input widths"
+                Error::InvalidInput(
+                    "cannot stack linear layers with different input widths".into()
+                )
             );
             if let Linear::Dense(w) = p {
                 dense.push(w);

@@ -3,12 +3,12 @@
 
 use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 use crate::attention::{Dims, Masks, DEFAULT_QUERY_CHUNK, SCORE_BUDGET};
 use crate::awq::AwqConfig;
 use crate::config::Config;
+use crate::error::{ensure, Error, Result};
 use crate::gguf::{is_gguf, Gguf, GgufLinears};
 use crate::layer::Layer;
 use crate::linear::Linear;
@@ -116,24 +116,34 @@ impl Qwen2 {
     ) -> Result<Self> {
         ensure!(
             matches!(dtype, DType::F16 | DType::BF16 | DType::F32),
-            "model dtype {dtype:?} is not supported (use F16, BF16 or F32)"
+            Error::Unsupported(format!(
+                "model dtype {dtype:?} is not supported (use F16, BF16 or F32)"
+            ))
         );
         ensure!(
             !device.is_cuda() || cfg!(feature = "cuda"),
-            "qwen2-prefill was built without its `cuda` feature, so it has no CUDA kernels: build \
-             with `--features cuda,qwen2-prefill/cuda` (the example) or `--features cuda` (this \
-             crate)"
+            Error::Unsupported(
+                "qwen2-prefill was built without its `cuda` feature, so it has no CUDA kernels: \
+                 build with `--features cuda,qwen2-prefill/cuda` (the example) or `--features \
+                 cuda` (this crate)"
+                    .into()
+            )
         );
         ensure!(
             !(device.is_cpu() && dtype == DType::BF16),
-            "BF16 is not supported on the CPU (candle's CPU matmul has no bf16); use F32 or F16"
+            Error::Unsupported(
+                "BF16 is not supported on the CPU (candle's CPU matmul has no bf16); use F32 or F16"
+                    .into()
+            )
         );
         if model.is_file() {
             ensure!(
                 is_gguf(model),
-                "model {} is a file but not a GGUF file (pass a .gguf file or a Hugging Face \
-                 checkpoint directory)",
-                model.display()
+                Error::ModelPath {
+                    path: model.to_path_buf(),
+                    reason: "is a file but not a GGUF file (pass a .gguf file or a Hugging Face \
+                             checkpoint directory)",
+                }
             );
             let gguf = Gguf::open(model, linears)?;
             let cfg = gguf.config()?;
@@ -141,8 +151,10 @@ impl Qwen2 {
         }
         ensure!(
             model.is_dir(),
-            "model {} does not exist (pass a .gguf file or a Hugging Face checkpoint directory)",
-            model.display()
+            Error::ModelPath {
+                path: model.to_path_buf(),
+                reason: "does not exist (pass a .gguf file or a Hugging Face checkpoint directory)",
+            }
         );
         let dir = model;
         let cfg_path = dir.join("config.json");
@@ -152,8 +164,12 @@ impl Qwen2 {
             .as_ref()
             .map(AwqConfig::from_json)
             .transpose()
-            .with_context(|| {
-                format!("unsupported quantization_config in {}", cfg_path.display())
+            .map_err(|e| match e {
+                Error::UnsupportedModel { path: None, reason } => Error::UnsupportedModel {
+                    path: Some(cfg_path.clone()),
+                    reason: format!("quantization_config: {reason}"),
+                },
+                e => e,
             })?;
         let weights = Weights::open(dir, awq)?;
         Self::build(cfg, &weights, device, dtype, path)
@@ -226,7 +242,9 @@ impl Qwen2 {
                     fused_layers.push(f);
                     continue;
                 }
-                bail!("layer {l}: its weights are not dense, which the fused path needs");
+                return Err(Error::Unsupported(format!(
+                    "layer {l}: its weights are not dense, which the fused path needs"
+                )));
             }
             layers.push(layer);
         }
@@ -354,7 +372,10 @@ impl Qwen2 {
     /// the call only queues work on the device: no host synchronisation, no device allocation but
     /// the logits (after [`Qwen2::prepare`] or an earlier batch as large).
     pub fn last_logits(&self, rows: &[&[u32]]) -> Result<Tensor> {
-        ensure!(!rows.is_empty(), "last_logits needs at least one row");
+        ensure!(
+            !rows.is_empty(),
+            Error::InvalidInput("last_logits needs at least one row".into())
+        );
         let lens: Vec<usize> = rows.iter().map(|r| r.len()).collect();
         let seq = *lens.iter().max().expect("non-empty");
         let batch = rows.len();
@@ -362,16 +383,20 @@ impl Qwen2 {
         for (i, row) in rows.iter().enumerate() {
             ensure!(
                 !row.is_empty(),
-                "row {i} is empty (every row needs ≥1 token)"
+                Error::InvalidInput(format!("row {i} is empty (every row needs ≥1 token)"))
             );
             if let Some(&bad) = row.iter().find(|&&id| id as usize >= vocab) {
-                bail!("row {i} has token id {bad}, outside the vocabulary (size {vocab})");
+                return Err(Error::InvalidInput(format!(
+                    "row {i} has token id {bad}, outside the vocabulary (size {vocab})"
+                )));
             }
         }
         ensure!(
             seq <= self.cfg.max_position_embeddings,
-            "a row has {seq} tokens, more than max_position_embeddings {}",
-            self.cfg.max_position_embeddings
+            Error::InvalidInput(format!(
+                "a row has {seq} tokens, more than max_position_embeddings {}",
+                self.cfg.max_position_embeddings
+            ))
         );
 
         #[cfg(feature = "cuda")]

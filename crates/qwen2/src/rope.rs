@@ -1,7 +1,8 @@
 //! Rotary position embeddings: the cosine and sine tables, computed once per model.
 
-use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
+
+use crate::error::Result;
 
 /// RoPE cosine and sine tables `[positions, head_dim / 2]` in `dtype`, computed in f32 as Hugging
 /// Face does: `inv_freq[i] = 1 / base^(2i / head_dim)`, angle `= position · inv_freq[i]`.

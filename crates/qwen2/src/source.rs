@@ -1,9 +1,9 @@
 //! Where a model's weights come from: a Hugging Face directory ([`crate::weights`]) or a GGUF
 //! file ([`crate::gguf`]), both read under Hugging Face tensor names.
 
-use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 
+use crate::error::Result;
 use crate::linear::Linear;
 
 /// Tensors of a checkpoint, by Hugging Face name (`model.layers.3.mlp.up_proj`).

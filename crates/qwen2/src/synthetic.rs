@@ -18,10 +18,10 @@
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
 use half::f16;
 
 use crate::awq::{self, AwqConfig, AwqLayer, PACK_FACTOR};
+use crate::error::{ensure, Error, Result};
 
 /// How the linear layers of a generated checkpoint are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,10 +142,10 @@ impl Preset {
             "tiny" => Ok(Self::tiny()),
             "tiny-dense" => Ok(Self::tiny_dense()),
             "qwen2.5-3b" | "qwen2.5-3b-awq" => Ok(Self::qwen25_3b()),
-            other => bail!(
+            other => Err(Error::InvalidInput(format!(
                 "unknown checkpoint preset {other:?} (known: {})",
                 Self::NAMES.join(", ")
-            ),
+            ))),
         }
     }
 
@@ -167,20 +167,23 @@ impl Preset {
         );
         ensure!(
             nh > 0 && h % nh == 0 && nkv > 0 && nh % nkv == 0,
-            "preset {}: hidden {h}, heads {nh}, kv heads {nkv} are inconsistent",
-            self.name
+            Error::InvalidInput(format!(
+                "preset {}: hidden {h}, heads {nh}, kv heads {nkv} are inconsistent",
+                self.name
+            ))
         );
         ensure!(
             self.head_dim().is_multiple_of(2),
-            "preset {}: odd head_dim",
-            self.name
+            Error::InvalidInput(format!("preset {}: odd head_dim", self.name))
         );
         let g = self.group_size();
         for (out_f, in_f) in self.linear_shapes() {
             ensure!(
                 out_f % PACK_FACTOR == 0 && g > 0 && in_f % g == 0,
-                "preset {}: a [{out_f}, {in_f}] layer does not fit AWQ packing with group {g}",
-                self.name
+                Error::InvalidInput(format!(
+                    "preset {}: a [{out_f}, {in_f}] layer does not fit AWQ packing with group {g}",
+                    self.name
+                ))
             );
         }
         Ok(())
@@ -563,20 +566,27 @@ fn write_safetensors(path: &Path, specs: &[&Spec], seed: u64, group: usize) -> R
         );
         offset = end;
     }
-    let mut header = serde_json::to_string(&serde_json::Value::Object(header))?.into_bytes();
+    let mut header = serde_json::to_string(&serde_json::Value::Object(header))
+        .map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .into_bytes();
     while header.len() % 8 != 0 {
         header.push(b' ');
     }
-    let file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let file = std::fs::File::create(path).map_err(Error::io("create", path))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    w.write_all(&(header.len() as u64).to_le_bytes())?;
-    w.write_all(&header)?;
-    for s in &ordered {
-        w.write_all(&tensor_bytes(s, seed, group))?;
-    }
-    w.flush()
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let write_error = Error::io("write", path);
+    let written = (|| {
+        w.write_all(&(header.len() as u64).to_le_bytes())?;
+        w.write_all(&header)?;
+        for s in &ordered {
+            w.write_all(&tensor_bytes(s, seed, group))?;
+        }
+        w.flush()
+    })();
+    written.map_err(write_error)?;
     Ok(offset as u64)
 }
 
@@ -585,12 +595,15 @@ fn write_safetensors(path: &Path, specs: &[&Spec], seed: u64, group: usize) -> R
 /// every machine.
 pub fn write_checkpoint(dir: &Path, preset: &Preset, seed: u64) -> Result<()> {
     preset.validate()?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
     let write_json = |name: &str, value: &serde_json::Value| -> Result<()> {
         let path = dir.join(name);
-        let mut text = serde_json::to_string_pretty(value)?;
+        let mut text = serde_json::to_string_pretty(value).map_err(|source| Error::Json {
+            path: path.clone(),
+            source,
+        })?;
         text.push('\n');
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+        std::fs::write(&path, text).map_err(Error::io("write", path))
     };
     write_json("config.json", &preset.config_json())?;
     let mut gen = serde_json::json!({ "do_sample": false });

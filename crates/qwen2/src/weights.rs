@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use crate::awq::{AwqConfig, AwqLayer, PACK_FACTOR};
+use crate::error::{ensure, Error, Result};
 use crate::linear::Linear;
 use crate::source::WeightSource;
 
@@ -27,43 +27,50 @@ impl Weights {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let paths: Vec<PathBuf> = if index_path.is_file() {
-            let text = std::fs::read_to_string(&index_path)
-                .with_context(|| format!("cannot read {}", index_path.display()))?;
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("cannot parse {}", index_path.display()))?;
+            let text =
+                std::fs::read_to_string(&index_path).map_err(Error::io("read", &index_path))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|source| Error::Json {
+                    path: index_path.clone(),
+                    source,
+                })?;
             let map = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
-                .with_context(|| format!("{} has no `weight_map` object", index_path.display()))?;
+                .ok_or_else(|| Error::malformed(&index_path, "no `weight_map` object"))?;
             let mut names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
             names.sort_unstable();
             names.dedup();
             ensure!(
                 !names.is_empty(),
-                "{} names no weight files",
-                index_path.display()
+                Error::malformed(&index_path, "the index names no weight files")
             );
             names.into_iter().map(|n| dir.join(n)).collect()
         } else if single.is_file() {
             vec![single]
         } else {
-            bail!(
-                "no weights in {}: expected model.safetensors or model.safetensors.index.json",
-                dir.display()
-            );
+            return Err(Error::malformed(
+                dir,
+                "no weights: expected model.safetensors or model.safetensors.index.json",
+            ));
         };
         let mut files = Vec::with_capacity(paths.len());
         let mut index = HashMap::new();
         for (i, path) in paths.into_iter().enumerate() {
             ensure!(
                 path.is_file(),
-                "weight file {} (listed in the shard index) does not exist",
-                path.display()
+                Error::malformed(
+                    &path,
+                    "this weight file (listed in the shard index) does not exist"
+                )
             );
             // SAFETY: the file is mapped read-only and only read while `Weights` lives; as with any
             // memory map, it must not be modified by another process during loading.
-            let st = unsafe { MmapedSafetensors::new(&path) }
-                .with_context(|| format!("cannot read safetensors file {}", path.display()))?;
+            let st =
+                unsafe { MmapedSafetensors::new(&path) }.map_err(|source| Error::Safetensors {
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?;
             for (name, _) in st.tensors() {
                 index.entry(name).or_insert(i);
             }
@@ -87,27 +94,28 @@ impl Weights {
 
     /// The raw bytes, dtype and shape of `name`, checked against `shape`.
     fn raw(&self, name: &str, shape: &[usize]) -> Result<(&[u8], DType, &Path)> {
-        let &i = self
-            .index
-            .get(name)
-            .with_context(|| format!("tensor `{name}` not found in {}", self.file_list()))?;
+        let &i = self.index.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            awq: None,
+            files: self.file_list(),
+        })?;
         let (path, st) = &self.files[i];
-        let view = st
-            .get(name)
-            .with_context(|| format!("cannot read tensor `{name}` in {}", path.display()))?;
+        let read_error = |source| Error::TensorRead {
+            name: name.to_string(),
+            path: path.clone(),
+            source: Box::new(source),
+        };
+        let view = st.get(name).map_err(read_error)?;
         ensure!(
             view.shape() == shape,
-            "tensor `{name}` in {} has shape {:?}, expected {:?}",
-            path.display(),
-            view.shape(),
-            shape
+            Error::TensorShape {
+                name: name.to_string(),
+                path: path.clone(),
+                found: view.shape().to_vec(),
+                expected: shape.to_vec(),
+            }
         );
-        let dtype = DType::try_from(view.dtype()).map_err(|e| {
-            anyhow::anyhow!(
-                "tensor `{name}` in {} has an unsupported dtype: {e}",
-                path.display()
-            )
-        })?;
+        let dtype = DType::try_from(view.dtype()).map_err(read_error)?;
         Ok((view.data(), dtype, path.as_path()))
     }
 
@@ -116,8 +124,12 @@ impl Weights {
         let (data, dtype, path) = self.raw(name, shape)?;
         ensure!(
             matches!(dtype, DType::I32 | DType::U32),
-            "tensor `{name}` in {} has dtype {dtype:?}, expected I32 packed words",
-            path.display()
+            Error::TensorDtype {
+                name: name.to_string(),
+                path: path.to_path_buf(),
+                found: dtype,
+                expected: "I32 packed words",
+            }
         );
         Ok(data
             .chunks_exact(4)
@@ -141,10 +153,14 @@ impl Weights {
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect(),
-            other => bail!(
-                "tensor `{name}` in {} has dtype {other:?}, expected a float dtype",
-                path.display()
-            ),
+            other => {
+                return Err(Error::TensorDtype {
+                    name: name.to_string(),
+                    path: path.to_path_buf(),
+                    found: other,
+                    expected: "a float dtype",
+                })
+            }
         })
     }
 }
@@ -155,11 +171,21 @@ impl WeightSource for Weights {
         let (data, src_dtype, path) = self.raw(name, shape)?;
         ensure!(
             matches!(src_dtype, DType::F16 | DType::BF16 | DType::F32),
-            "tensor `{name}` in {} has dtype {src_dtype:?}, expected a float dtype",
-            path.display()
+            Error::TensorDtype {
+                name: name.to_string(),
+                path: path.to_path_buf(),
+                found: src_dtype,
+                expected: "a float dtype",
+            }
         );
-        let t = Tensor::from_raw_buffer(data, src_dtype, shape, &Device::Cpu)
-            .with_context(|| format!("cannot load tensor `{name}` from {}", path.display()))?;
+        let t =
+            Tensor::from_raw_buffer(data, src_dtype, shape, &Device::Cpu).map_err(|source| {
+                Error::TensorRead {
+                    name: name.to_string(),
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                }
+            })?;
         Ok(t.to_device(device)?.to_dtype(dtype)?)
     }
 
@@ -184,18 +210,27 @@ impl WeightSource for Weights {
             )?));
         }
         if !self.has(&qweight) {
-            bail!(
-                "tensor `{dense_name}` (or AWQ `{qweight}`) not found in {}",
-                self.file_list()
-            );
+            return Err(Error::MissingTensor {
+                name: dense_name,
+                awq: Some(qweight),
+                files: self.file_list(),
+            });
         }
-        let awq = self.awq.as_ref().with_context(|| {
-            format!("tensor `{qweight}` is AWQ-packed but config.json has no quantization_config")
+        let awq = self.awq.as_ref().ok_or_else(|| Error::Awq {
+            layer: prefix.to_string(),
+            reason: format!(
+                "tensor `{qweight}` is AWQ-packed but config.json has no quantization_config"
+            ),
         })?;
         let group = awq.group_for(in_f);
         ensure!(
             out_f.is_multiple_of(PACK_FACTOR) && group > 0 && in_f.is_multiple_of(group),
-            "layer `{prefix}` [{out_f}, {in_f}] does not fit AWQ packing with group size {group}"
+            Error::Awq {
+                layer: prefix.to_string(),
+                reason: format!(
+                    "[{out_f}, {in_f}] does not fit AWQ packing with group size {group}"
+                ),
+            }
         );
         let words = out_f / PACK_FACTOR;
         let groups = in_f / group;
@@ -209,7 +244,11 @@ impl WeightSource for Weights {
         };
         let weight = layer
             .to_tensor(device, dtype)
-            .with_context(|| format!("cannot dequantize AWQ layer `{prefix}`"))?;
+            .map_err(|source| Error::Layer {
+                action: "dequantize AWQ layer",
+                layer: prefix.to_string(),
+                source: Box::new(source),
+            })?;
         Ok(Linear::Dense(weight))
     }
 }

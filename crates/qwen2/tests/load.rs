@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 use qwen2_prefill::synthetic::{write_checkpoint, Preset, WeightFormat};
-use qwen2_prefill::Qwen2;
+use qwen2_prefill::{Error, Qwen2};
 
 fn load_cpu(dir: &Path) -> Qwen2 {
     Qwen2::load(dir, &Device::Cpu, DType::F32).unwrap()
@@ -190,4 +190,103 @@ fn load_errors_are_clear() {
     .unwrap();
     let e = load_err(d.path());
     assert!(e.contains("model-00001-of-00002.safetensors"), "{e}");
+}
+
+/// The error for each broken directory is the variant that says who must act, with the file,
+/// tensor and shapes as fields and the underlying error kept as its source.
+#[test]
+fn load_errors_are_typed() {
+    fn load(dir: &Path) -> Error {
+        match Qwen2::load(dir, &Device::Cpu, DType::F32) {
+            Ok(_) => panic!("loading {} should fail", dir.display()),
+            Err(e) => e,
+        }
+    }
+    fn is_send_sync_static<T: std::error::Error + Send + Sync + 'static>(_: &T) {}
+
+    let empty = tempfile::tempdir().unwrap();
+    let e = load(empty.path());
+    is_send_sync_static(&e);
+    match &e {
+        Error::MissingConfig { path, source } => {
+            assert_eq!(path, &empty.path().join("config.json"));
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("expected MissingConfig, got {other:?}"),
+    }
+    let source = std::error::Error::source(&e).expect("the io error is kept as the source");
+    assert!(source.downcast_ref::<std::io::Error>().is_some());
+
+    let base = tempfile::tempdir().unwrap();
+    write_checkpoint(base.path(), &Preset::tiny_dense(), 4).unwrap();
+    let copy = || {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(base.path().join(f), d.path().join(f)).unwrap();
+        }
+        d
+    };
+
+    let d = copy();
+    std::fs::write(d.path().join("config.json"), "{ not json").unwrap();
+    match load(d.path()) {
+        Error::Json { path, source } => {
+            assert_eq!(path, d.path().join("config.json"));
+            assert!(source.is_syntax(), "{source}");
+        }
+        other => panic!("expected Json, got {other:?}"),
+    }
+
+    let d = copy();
+    edit_config(d.path(), |v| v["model_type"] = "llama".into());
+    match load(d.path()) {
+        Error::UnsupportedModel { path, reason } => {
+            assert_eq!(path, Some(d.path().join("config.json")));
+            assert!(reason.contains("\"llama\""), "{reason}");
+        }
+        other => panic!("expected UnsupportedModel, got {other:?}"),
+    }
+
+    let d = copy();
+    drop_tensor(d.path(), "model.norm.weight");
+    match load(d.path()) {
+        Error::MissingTensor { name, awq, files } => {
+            assert_eq!(name, "model.norm.weight");
+            assert_eq!(awq, None);
+            assert!(files.contains("model.safetensors"), "{files}");
+        }
+        other => panic!("expected MissingTensor, got {other:?}"),
+    }
+
+    let d = copy();
+    edit_config(d.path(), |v| v["intermediate_size"] = 128.into());
+    match load(d.path()) {
+        Error::TensorShape {
+            name,
+            path,
+            found,
+            expected,
+        } => {
+            assert!(name.starts_with("model.layers.0.mlp."), "{name}");
+            assert_eq!(path, d.path().join("model.safetensors"));
+            assert_ne!(found, expected);
+            assert!(expected.contains(&128), "{expected:?}");
+        }
+        other => panic!("expected TensorShape, got {other:?}"),
+    }
+
+    let file = d.path().join("model.safetensors");
+    match Qwen2::load(&file, &Device::Cpu, DType::F32) {
+        Err(Error::ModelPath { path, reason }) => {
+            assert_eq!(path, file);
+            assert!(reason.contains("not a GGUF file"), "{reason}");
+        }
+        Err(other) => panic!("expected ModelPath, got {other:?}"),
+        Ok(_) => panic!("a safetensors file is not a model"),
+    }
+    match Qwen2::load(base.path(), &Device::Cpu, DType::BF16) {
+        Err(Error::Unsupported(reason)) => assert!(reason.contains("BF16"), "{reason}"),
+        Err(other) => panic!("expected Unsupported, got {other:?}"),
+        Ok(_) => panic!("BF16 on the CPU is not supported"),
+    }
 }

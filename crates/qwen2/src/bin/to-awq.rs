@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, ensure, Context, Result};
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const USAGE: &str = "usage: to-awq MODEL.gguf OUT_DIR [--group N] [--tokenizer PATH]";
 
@@ -18,26 +18,28 @@ fn run() -> Result<()> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--group" => {
-                let v = args.next().context("--group needs a value")?;
-                group = v.parse().with_context(|| format!("--group {v:?}"))?;
+                let v = args.next().ok_or("--group needs a value")?;
+                group = v.parse().map_err(|e| format!("--group {v:?}: {e}"))?;
             }
             "--tokenizer" => {
                 tokenizer = Some(PathBuf::from(
-                    args.next().context("--tokenizer needs a value")?,
+                    args.next().ok_or("--tokenizer needs a value")?,
                 ))
             }
-            "-h" | "--help" => bail!("{USAGE}"),
-            s if s.starts_with('-') => bail!("unknown option {s:?}\n{USAGE}"),
+            "-h" | "--help" => return Err(USAGE.into()),
+            s if s.starts_with('-') => return Err(format!("unknown option {s:?}\n{USAGE}").into()),
             s => paths.push(PathBuf::from(s)),
         }
     }
-    ensure!(paths.len() == 2, "{USAGE}");
+    if paths.len() != 2 {
+        return Err(USAGE.into());
+    }
     let (gguf, out) = (&paths[0], &paths[1]);
     let n = qwen2_prefill::convert::gguf_to_awq(gguf, out, group)?;
     if let Some(t) = tokenizer {
         let dest = out.join("tokenizer.json");
         std::fs::copy(&t, &dest)
-            .with_context(|| format!("cannot copy {} to {}", t.display(), dest.display()))?;
+            .map_err(|e| format!("cannot copy {} to {}: {e}", t.display(), dest.display()))?;
     }
     println!(
         "wrote {} ({n} linear layers, AWQ GEMM 4-bit, group {group})",
@@ -50,8 +52,20 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("to-awq: error: {e:#}");
+            eprintln!("to-awq: error: {}", report(&*e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its sources, `: `-separated (what `anyhow`'s `{:#}` prints).
+fn report(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, ensure, Context, Result};
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 use qwen2_prefill::synthetic::{write_checkpoint, Preset};
 
 const USAGE: &str = "usage: write-checkpoint DIR [--preset NAME] [--seed N] [--tokenizer PATH]";
@@ -27,25 +27,27 @@ struct Args {
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args> {
     let (mut dir, mut preset, mut seed, mut tokenizer) = (None, "tiny".to_string(), 0, None);
     while let Some(a) = args.next() {
-        let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value"));
+        let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value"));
         match a.as_str() {
             "--preset" => preset = value("--preset")?,
             "--seed" => {
                 let v = value("--seed")?;
                 seed = v
                     .parse()
-                    .with_context(|| format!("--seed {v:?} is not a u64"))?;
+                    .map_err(|e| format!("--seed {v:?} is not a u64: {e}"))?;
             }
             "--tokenizer" => tokenizer = Some(PathBuf::from(value("--tokenizer")?)),
-            "-h" | "--help" => bail!("{USAGE}"),
-            s if s.starts_with('-') => bail!("unknown option {s:?}\n{USAGE}"),
+            "-h" | "--help" => return Err(USAGE.into()),
+            s if s.starts_with('-') => return Err(format!("unknown option {s:?}\n{USAGE}").into()),
             s => {
-                ensure!(dir.is_none(), "more than one DIR given\n{USAGE}");
+                if dir.is_some() {
+                    return Err(format!("more than one DIR given\n{USAGE}").into());
+                }
                 dir = Some(PathBuf::from(s));
             }
         }
     }
-    let dir = dir.with_context(|| format!("no DIR given\n{USAGE}"))?;
+    let dir = dir.ok_or_else(|| format!("no DIR given\n{USAGE}"))?;
     Ok(Args {
         dir,
         preset,
@@ -57,9 +59,11 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args> {
 fn run(args: Args) -> Result<()> {
     let preset = Preset::by_name(&args.preset)?;
     if let Some(t) = &args.tokenizer {
-        ensure!(t.is_file(), "tokenizer {} not found", t.display());
+        if !t.is_file() {
+            return Err(format!("tokenizer {} not found", t.display()).into());
+        }
     }
-    let name = args.dir.file_name().context("DIR has no file name")?;
+    let name = args.dir.file_name().ok_or("DIR has no file name")?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".tmp-{}", std::process::id()));
@@ -69,14 +73,19 @@ fn run(args: Args) -> Result<()> {
     if let Some(t) = &args.tokenizer {
         let dest = tmp.join("tokenizer.json");
         std::fs::copy(t, &dest)
-            .with_context(|| format!("cannot copy {} to {}", t.display(), dest.display()))?;
+            .map_err(|e| format!("cannot copy {} to {}: {e}", t.display(), dest.display()))?;
     }
     if args.dir.exists() {
         std::fs::remove_dir_all(&args.dir)
-            .with_context(|| format!("cannot remove the old {}", args.dir.display()))?;
+            .map_err(|e| format!("cannot remove the old {}: {e}", args.dir.display()))?;
     }
-    std::fs::rename(&tmp, &args.dir)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), args.dir.display()))?;
+    std::fs::rename(&tmp, &args.dir).map_err(|e| {
+        format!(
+            "cannot rename {} to {}: {e}",
+            tmp.display(),
+            args.dir.display()
+        )
+    })?;
     println!(
         "wrote a `{}` checkpoint (seed {}) to {}",
         args.preset,
@@ -90,8 +99,20 @@ fn main() -> ExitCode {
     match parse(std::env::args().skip(1)).and_then(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("write-checkpoint: error: {e:#}");
+            eprintln!("write-checkpoint: error: {}", report(&*e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its sources, `: `-separated (what `anyhow`'s `{:#}` prints).
+fn report(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

@@ -6,8 +6,9 @@
 
 use std::ffi::c_void;
 
-use anyhow::{Context, Result};
 use candle_core::cuda_backend::cudarc::cublas::{result, sys, CudaBlas};
+
+use crate::error::{Error, Result};
 
 /// Element type of a matrix in device memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +60,14 @@ pub(crate) unsafe fn linear(
         return Ok(());
     }
     let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
-    let int = |v: usize| i32::try_from(v).context("matrix dimension over i32");
+    let int = |v: usize| {
+        i32::try_from(v).map_err(|e| {
+            Error::cuda(
+                format!("cuBLAS GEMM {m}×{n}×{k}: matrix dimension over i32"),
+                e,
+            )
+        })
+    };
     // Column-major view: yᵀ[n, m] = w[k, n]ᵀ · xᵀ[k, m].
     result::gemm_ex(
         *blas.handle(),
@@ -82,5 +90,5 @@ pub(crate) unsafe fn linear(
         sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
         sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
     )
-    .map_err(|e| anyhow::anyhow!("cuBLAS GEMM {m}×{n}×{k}: {e:?}"))
+    .map_err(|e| Error::cuda(format!("cuBLAS GEMM {m}×{n}×{k}"), format!("{e:?}")))
 }

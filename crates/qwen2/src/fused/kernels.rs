@@ -12,7 +12,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, bail, Result};
 use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
@@ -20,6 +19,8 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::cudarc::nvrtc;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::CudaDevice;
+
+use crate::error::{Error, Result};
 
 /// CUDA C source: the shared header first, then one file per kernel family.
 const SOURCE: &str = concat!(
@@ -73,7 +74,12 @@ fn ptx_for(cc: i32) -> Result<Arc<str>> {
         ..Default::default()
     };
     let ptx: Arc<str> = nvrtc::compile_ptx_with_opts(SOURCE, opts)
-        .map_err(|e| anyhow!("NVRTC could not compile the fused prefill kernels: {e:?}"))?
+        .map_err(|e| {
+            Error::cuda(
+                "NVRTC could not compile the fused prefill kernels",
+                format!("{e:?}"),
+            )
+        })?
         .to_src()
         .into();
     cache.push((cc, ptx.clone()));
@@ -107,10 +113,14 @@ impl Kernels {
     pub(crate) fn load(dev: &CudaDevice, half: Half, head_dim: usize) -> Result<Self> {
         let cc = compute_cap(dev)?;
         if cc < MIN_COMPUTE_CAP {
-            bail!("compute capability {cc} is below {MIN_COMPUTE_CAP}");
+            return Err(Error::Unsupported(format!(
+                "compute capability {cc} is below {MIN_COMPUTE_CAP}"
+            )));
         }
         if head_dim != 64 && head_dim != 128 {
-            bail!("head_dim {head_dim} has no fused attention kernel (64 or 128)");
+            return Err(Error::Unsupported(format!(
+                "head_dim {head_dim} has no fused attention kernel (64 or 128)"
+            )));
         }
         let ptx = ptx_for(cc)?;
         let t = match half {

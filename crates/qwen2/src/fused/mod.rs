@@ -27,12 +27,12 @@ mod workspace;
 
 use std::sync::Mutex;
 
-use anyhow::{bail, ensure, Context, Result};
 use candle_core::cuda_backend::cudarc::driver::DevicePtr;
 use candle_core::cuda_backend::CudaStorageSlice;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Device, Storage, Tensor};
 
+use crate::error::{ensure, Error, Result};
 use crate::layer::Layer;
 use gemm::{Elem, Mat};
 use kernels::{Half, Kernels};
@@ -61,17 +61,23 @@ fn device_ptr(t: &Tensor) -> Result<u64> {
     let (storage, layout) = t.storage_and_layout();
     ensure!(
         layout.is_contiguous(),
-        "fused path: a weight is not contiguous"
+        Error::Unsupported("fused path: a weight is not contiguous".into())
     );
     let Storage::Cuda(cs) = &*storage else {
-        bail!("fused path: a weight is not on a CUDA device");
+        return Err(Error::Unsupported(
+            "fused path: a weight is not on a CUDA device".into(),
+        ));
     };
     let stream = cs.device.cuda_stream();
     let (base, size) = match &cs.slice {
         CudaStorageSlice::F16(s) => (s.device_ptr(&stream).0, 2),
         CudaStorageSlice::BF16(s) => (s.device_ptr(&stream).0, 2),
         CudaStorageSlice::F32(s) => (s.device_ptr(&stream).0, 4),
-        _ => bail!("fused path: a weight is not f16, bf16 or f32"),
+        _ => {
+            return Err(Error::Unsupported(
+                "fused path: a weight is not f16, bf16 or f32".into(),
+            ))
+        }
     };
     Ok(base + (layout.start_offset() * size) as u64)
 }
@@ -140,31 +146,33 @@ impl Shape {
 /// Whether the fused path can run a model of this shape in `dtype` on `device`; `Err` says why
 /// not (the caller then uses the candle path).
 pub(crate) fn supported(shape: &Shape, device: &Device, dtype: DType) -> Result<()> {
+    let unsupported = Error::Unsupported;
     let Device::Cuda(dev) = device else {
-        bail!("not on CUDA");
+        return Err(unsupported("not on CUDA".into()));
     };
     ensure!(
         matches!(dtype, DType::F16 | DType::BF16),
-        "dtype {dtype:?} (f16 or bf16 only)"
+        unsupported(format!("dtype {dtype:?} (f16 or bf16 only)"))
     );
     ensure!(
         matches!(shape.head_dim, 64 | 128),
-        "head_dim {} (64 or 128 only)",
-        shape.head_dim
+        unsupported(format!("head_dim {} (64 or 128 only)", shape.head_dim))
     );
     ensure!(
         shape.hidden.is_multiple_of(8) && shape.intermediate.is_multiple_of(8),
-        "hidden and intermediate sizes must be multiples of 8"
+        unsupported("hidden and intermediate sizes must be multiples of 8".into())
     );
     ensure!(
         shape.kv_heads > 0 && shape.heads.is_multiple_of(shape.kv_heads),
-        "heads not a multiple of kv heads"
+        unsupported("heads not a multiple of kv heads".into())
     );
     let cc = kernels::compute_cap(dev)?;
     ensure!(
         cc >= kernels::MIN_COMPUTE_CAP,
-        "compute capability {cc} (needs {} or newer)",
-        kernels::MIN_COMPUTE_CAP
+        unsupported(format!(
+            "compute capability {cc} (needs {} or newer)",
+            kernels::MIN_COMPUTE_CAP
+        ))
     );
     Ok(())
 }
@@ -254,8 +262,10 @@ impl Fused {
         let meta = BatchMeta::new(rows, kernels::ATTN_TILE);
         ensure!(
             meta.tiles <= 65_535,
-            "a batch of {} tokens has more attention tiles than one launch takes; split it",
-            meta.tokens
+            Error::InvalidInput(format!(
+                "a batch of {} tokens has more attention tiles than one launch takes; split it",
+                meta.tokens
+            ))
         );
         let mut work = self.work.lock().unwrap_or_else(|e| e.into_inner());
         work.reserve(&self.dev, &s, meta.tokens, meta.rows)?;
@@ -348,8 +358,8 @@ impl Fused {
         }
         let stream = self.dev.cuda_stream();
         // SAFETY: fully written by the product below before anything reads it.
-        let logits =
-            unsafe { stream.alloc::<f32>(b * s.vocab) }.context("allocating the logits")?;
+        let logits = unsafe { stream.alloc::<f32>(b * s.vocab) }
+            .map_err(|e| Error::cuda("allocating the logits", e))?;
         let out = logits.device_ptr(&stream).0;
         // SAFETY: as above; `out` holds `b × vocab` f32 values.
         unsafe {

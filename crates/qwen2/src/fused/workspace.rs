@@ -1,10 +1,11 @@
 //! The fused forward pass's device buffers and the per-batch metadata they receive.
 
-use anyhow::{Context, Result};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr};
 use candle_core::CudaDevice;
 
 use super::{Shape, MLP_CHUNK};
+
+use crate::error::{ensure, Error, Result};
 
 /// One batch's metadata, as the kernels read it: all `u32`, uploaded in one copy.
 ///
@@ -120,11 +121,16 @@ impl Workspace {
         let stream = dev.cuda_stream();
         let halves = stream
             .alloc_zeros::<u16>(x + h + big + last_h)
-            .with_context(|| format!("allocating the forward buffers for {tokens} tokens"))?;
+            .map_err(|e| {
+                Error::cuda(
+                    format!("allocating the forward buffers for {tokens} tokens"),
+                    e,
+                )
+            })?;
         let max_tiles = tokens / 64 + rows + 1;
         let words = stream
             .alloc_zeros::<u32>(2 * tokens + 2 * rows + 1 + 2 * max_tiles)
-            .context("allocating the batch metadata buffer")?;
+            .map_err(|e| Error::cuda("allocating the batch metadata buffer", e))?;
         self.halves = Some(halves);
         self.words = Some(words);
         self.tokens = tokens;
@@ -138,16 +144,19 @@ impl Workspace {
     pub(crate) fn upload(&mut self, m: &BatchMeta) -> Result<()> {
         let (t, b) = (m.tokens, m.rows);
         self.meta = [t, 2 * t, 2 * t + b + 1, 2 * t + 2 * b + 1];
-        let stream = self.stream.as_ref().context("workspace not reserved")?;
-        let words = self.words.as_mut().context("workspace not reserved")?;
-        anyhow::ensure!(
+        let stream = self.stream.as_ref().ok_or_else(not_reserved)?;
+        let words = self.words.as_mut().ok_or_else(not_reserved)?;
+        ensure!(
             m.words.len() <= words.len(),
-            "batch metadata larger than its buffer"
+            Error::cuda(
+                "uploading the batch metadata",
+                "batch metadata larger than its buffer"
+            )
         );
         let mut dst = words.slice_mut(0..m.words.len());
         stream
             .memcpy_htod(&m.words[..], &mut dst)
-            .context("uploading the batch metadata")
+            .map_err(|e| Error::cuda("uploading the batch metadata", e))
     }
 
     /// The buffers' device addresses.
@@ -157,7 +166,7 @@ impl Workspace {
     pub(crate) fn ptrs(&self) -> Result<Ptrs> {
         let (Some(stream), Some(halves), Some(words)) = (&self.stream, &self.halves, &self.words)
         else {
-            anyhow::bail!("workspace not reserved");
+            return Err(not_reserved());
         };
         let hb = halves.device_ptr(stream).0;
         let wb = words.device_ptr(stream).0;
@@ -175,4 +184,9 @@ impl Workspace {
             tiles: w(self.meta[3]),
         })
     }
+}
+
+/// The error of a workspace used before [`Workspace::reserve`].
+fn not_reserved() -> Error {
+    Error::cuda("fused path", "workspace not reserved")
 }
