@@ -168,7 +168,8 @@ pub struct Outcome {
     pub steps: usize,
     /// Rows masked, over all steps.
     pub masked_rows: usize,
-    /// Moves and swaps the batch reported (the masks follow them: they are written by row).
+    /// One-way moves the batch reported (the masks follow them: they are written by row, after
+    /// the step's update).
     pub moves: usize,
 }
 
@@ -301,9 +302,10 @@ pub fn run(
             }
         }
         let rows = batch.len();
-        if let Some(bitmask) = processors.token_bitmask_mut() {
-            bitmask.set_host(&mask[..rows * words_per_row], &masked_rows)?;
-        }
+        processors
+            .token_bitmask_mut()
+            .context("the pipeline has a TokenBitmask stage")?
+            .set_host(&mask[..rows * words_per_row], &masked_rows)?;
         out.masked_rows += masked_rows.len();
 
         let logits = model.forward(rows)?;
@@ -547,15 +549,8 @@ mod tests {
         processors.update_state(batch.step()).unwrap();
 
         let mut m = Matcher::new(factory.create_parser(grammar_of(0).unwrap()));
-        m.consume_tokens(
-            &qwen
-                .tokenizer
-                .encode_fast("{\"name\":\"", false)
-                .unwrap()
-                .get_ids()
-                .to_vec(),
-        )
-        .unwrap();
+        let prefix = qwen.tokenizer.encode_fast(r#"{"name":""#, false).unwrap();
+        m.consume_tokens(prefix.get_ids()).unwrap();
         let allowed = m.compute_mask().unwrap();
         let wpr = VOCAB.div_ceil(32);
         let mut words = vec![0u32; 2 * wpr];
