@@ -22,7 +22,10 @@ use crate::processors::{apply_alone, builtin_basics};
 /// ([`set_host`](Self::set_host): one upload) or a `u32` tensor already on the logits' device
 /// ([`set_tensor`](Self::set_tensor): read in place by the kernel, no copy). A mask is used by
 /// the next `apply` only, then dropped. In a [`Pipeline`](crate::Pipeline), reach the stage with
-/// [`Pipeline::token_bitmask_mut`](crate::Pipeline::token_bitmask_mut).
+/// [`Pipeline::token_bitmask_mut`](crate::Pipeline::token_bitmask_mut). A complete engine loop
+/// fed by llguidance matchers (JSON schema, Lark, regex) is `examples/grammar.rs` in the
+/// repository; `docs/processors.md` says what to get right (rows after the update, the model's
+/// vocabulary width, llguidance's spare word).
 ///
 /// # Cost
 ///

@@ -15,6 +15,7 @@
 //! `gain / sqrt(in_features)`, norms are `1 ± 0.2`, biases `± 0.1·√3`-uniform, and embeddings (and
 //! an untied lm_head) about `2 / sqrt(hidden)`, which gives logits with a spread of a few units.
 
+use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
@@ -551,22 +552,28 @@ fn specs(p: &Preset) -> Vec<Spec> {
 fn write_safetensors(path: &Path, specs: &[&Spec], seed: u64, group: usize) -> Result<u64> {
     let mut ordered: Vec<&Spec> = specs.to_vec();
     ordered.sort_by_key(|s| std::cmp::Reverse(s.dtype.size()));
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    // BTreeMaps, not `serde_json::Map`: the keys stay sorted, so the file's bytes (which the
+    // golden fixture checksums) do not depend on serde_json's `preserve_order` feature, which
+    // a dependency of the workspace's examples (llguidance) turns on.
+    let mut header: BTreeMap<String, BTreeMap<&str, serde_json::Value>> = BTreeMap::new();
+    header.insert(
+        "__metadata__".into(),
+        BTreeMap::from([("format", serde_json::json!("pt"))]),
+    );
     let mut offset = 0usize;
     for s in &ordered {
         let end = offset + s.bytes();
         header.insert(
             s.name.clone(),
-            serde_json::json!({
-                "dtype": s.dtype.name(),
-                "shape": s.shape,
-                "data_offsets": [offset, end],
-            }),
+            BTreeMap::from([
+                ("dtype", serde_json::json!(s.dtype.name())),
+                ("shape", serde_json::json!(s.shape)),
+                ("data_offsets", serde_json::json!([offset, end])),
+            ]),
         );
         offset = end;
     }
-    let mut header = serde_json::to_string(&serde_json::Value::Object(header))
+    let mut header = serde_json::to_string(&header)
         .map_err(|source| Error::Json {
             path: path.to_path_buf(),
             source,
