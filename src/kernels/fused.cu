@@ -497,18 +497,66 @@ __device__ __forceinline__ void lp_build_keep_once(u32* keep, const LpRow& r, co
     }
 }
 
+// A row whose keep set is a list (at most KEEP_LIST_MAX ids), in `lp_dense_once`: the block
+// of its first chunk reads, tempers, cuts and writes all of its kept tokens (the row maximum
+// needs no other block); every block writes -inf over the other tokens of its chunk without
+// reading them, with element stores beside kept tokens (which that first block may be writing).
+template <int K>
+__device__ __forceinline__ void lp_list_row(u32* keep, float* red, const LpRow& r,
+                                            const u32* gbits, u32 c0, u32 c1) {
+    typedef Lp<K> E;
+    const u32 VEC = 16 / E::ES;
+    const u32 tid = threadIdx.x;
+    lp_build_keep_once(keep, r, gbits, c0, c1);
+    const LpSpan s = lp_span<K>(r.p, c0, c1 - c0);
+    for (u32 v = tid; v < s.nvec; v += LP_THREADS) {
+        const u32 bits = lp_keep_bits(keep, s.head + v * VEC, VEC);
+        if (bits == 0u) {
+            lp_store16(s.body + (size_t)v * 16u, E::NEG_INF_WORD);
+        } else {
+            for (u32 e = 0; e < VEC; ++e) {
+                if (!((bits >> e) & 1u)) E::put(r.p, c0 + s.head + v * VEC + e, LP_NEG_INF);
+            }
+        }
+    }
+    if (tid < s.head + s.tail) {
+        const u32 off = tid < s.head ? tid : s.body_end + (tid - s.head);
+        if (!((keep[off >> 5] >> (off & 31u)) & 1u)) E::put(r.p, c0 + off, LP_NEG_INF);
+    }
+    if (c0 != 0u || !r.values) return; // block-uniform
+    const u32 t = tid < r.head_word ? r.entry[1 + tid] : 0u;
+    const bool kept = tid < r.head_word && (!gbits || ((gbits[t >> 5] >> (t & 31u)) & 1u)) &&
+                      (!r.srow || ((r.srow[t >> 5] >> (t & 31u)) & 1u));
+    const float y = kept ? lp_tempered<K>(r.p, t, r.temp) : LP_NEG_INF;
+    float thr = LP_NEG_INF;
+    if (r.has_min_p) {
+        float m = y;
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        if ((tid & 31u) == 0u) red[tid >> 5] = m;
+        __syncthreads();
+        float b = red[0];
+        for (u32 w = 1; w < LP_THREADS / 32u; ++w) b = fmaxf(b, red[w]);
+        thr = __fadd_rn(b, r.lnp);
+    }
+    if (kept) {
+        if (y < thr) E::put(r.p, t, LP_NEG_INF);
+        else if (r.temp != 1.0f) E::put(r.p, t, y);
+    }
+}
+
 // The one-launch form: every kept logit is read once. Persistent blocks take tickets
 // (`sync[0]`); ticket k is chunk k % nchunks of row k / nchunks, so a row's chunks go to
-// consecutive tickets. A block loads its chunk into registers (masked 16-byte groups are
-// written -inf, never read), tempers it there and, for a row with min-p, publishes the chunk's
-// maximum into the row's slot (`sync[2 + 2 * row]`, atomicMax of `lp_key`; arrivals counted in
-// `sync[3 + 2 * row]`) before it waits for the row's other chunks; then it cuts and stores.
-// A waiting block has published, and the row's other chunks are held by blocks that publish
-// before they wait, or are taken next by a block that is not waiting (a block takes its next
-// ticket only once its own row is complete): at most nchunks - 1 blocks wait at any time, so
-// the launch finishes whenever the device can hold more than that many blocks (the host
-// checks). The last block to exit zeroes the row slots and `sync[0..2]`, so the scratch is all
-// zero between launches.
+// consecutive tickets. A block copies its chunk into its own slots of `stage` (shared memory;
+// masked 16-byte groups are written -inf, never read), masks and tempers it there and, for a
+// row with min-p, publishes the chunk's maximum into the row's slot (`sync[2 + 2 * row]`,
+// atomicMax of `lp_key`; arrivals counted in `sync[3 + 2 * row]`) before it waits for the
+// row's other chunks; then it cuts and stores. Rows whose keep set is a list never wait (see
+// `lp_list_row`). A waiting block has published, and the row's other chunks are held by blocks
+// that publish before they wait, or are taken next by a block that is not waiting (a block
+// takes its next ticket only once its own row is complete): at most nchunks - 1 blocks wait at
+// any time, so the launch finishes whenever the device can hold more than that many blocks
+// (the host checks). The last block to exit zeroes the row slots and `sync[0..2]`, so the
+// scratch is all zero between launches.
 template <int K>
 __device__ __forceinline__ void lp_dense_once(
     char* logits, u32 batch, u32 vocab, u32 chunk,
@@ -546,10 +594,13 @@ __device__ __forceinline__ void lp_dense_once(
         const u32 c0 = (ticket - row * nchunks) * chunk;
         const u32 c1 = min(c0 + chunk, vocab);
         const LpRow r = lp_row_of<K>(logits, row, vocab, keep_t, keep_w, gbits, smask, words_s[cur]);
+        const bool list = r.head_word != 0u && r.head_word != LP_KEEP_BITMASK;
         // The next ticket: now for a row that does not wait, after the wait for one that does.
         u32 next = 0u;
-        if (!r.has_min_p && tid == AHEAD) next = atomicAdd(&sync[0], 1u);
-        if (r.masked || r.values) {
+        if ((!r.has_min_p || list) && tid == AHEAD) next = atomicAdd(&sync[0], 1u);
+        if (list) {
+            lp_list_row<K>(keep, red, r, gbits, c0, c1);
+        } else if (r.masked || r.values) {
             if (r.masked) lp_build_keep_once(keep, r, gbits, c0, c1);
             const LpSpan s = lp_span<K>(r.p, c0, c1 - c0);
 
