@@ -26,6 +26,8 @@ const SOURCE: &str = include_str!("fused.cu");
 
 /// Threads per block (the kernels' `__launch_bounds__`).
 const THREADS: u32 = 256;
+/// Threads per block of `lp_dense_once` (the kernel's `LP_THREADS`).
+const ONCE_THREADS: u32 = 256;
 /// The kernel's `LP_MAX_CHUNK`: the most tokens one block owns in a row.
 const MAX_CHUNK: u32 = 16384;
 /// The fewest tokens one block owns in a row (a multiple of 32: chunks start on mask words).
@@ -37,7 +39,7 @@ const ONCE_BYTES: u32 = 32 * 1024;
 /// holds at once (1/4: several such launches on other streams of the same GPU still finish).
 const ONCE_MARGIN: u32 = 4;
 // A block of `lp_dense_once` reads a keep list with one thread per id.
-const _: () = assert!(super::KEEP_LIST_MAX <= THREADS as usize);
+const _: () = assert!(super::KEEP_LIST_MAX <= ONCE_THREADS as usize);
 /// Blocks wanted per multiprocessor.
 const BLOCKS_PER_SM: u32 = 4;
 
@@ -290,7 +292,7 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
         )
         .w()?;
         *r = f
-            .occupancy_max_active_blocks_per_multiprocessor(THREADS, 0, None)
+            .occupancy_max_active_blocks_per_multiprocessor(ONCE_THREADS, 0, None)
             .w()?
             * sms;
     }
@@ -348,6 +350,16 @@ fn launch(
     grid: (u32, u32, u32),
     params: &mut [*mut c_void],
 ) -> Result<()> {
+    launch_with(func, stream, grid, THREADS, params)
+}
+
+fn launch_with(
+    func: &CudaFunction,
+    stream: &CudaStream,
+    grid: (u32, u32, u32),
+    threads: u32,
+    params: &mut [*mut c_void],
+) -> Result<()> {
     stream.context().bind_to_thread().w()?;
     // SAFETY: `params` matches the kernel's signature (checked by the callers against
     // fused.cu), every pointer in it is live for the launch, and the kernel stays inside the
@@ -356,7 +368,7 @@ fn launch(
         cudarc::driver::result::launch_kernel(
             func.cu_function(),
             grid,
-            (THREADS, 1, 1),
+            (threads, 1, 1),
             0,
             stream.cu_stream(),
             params,
@@ -557,7 +569,13 @@ pub(crate) fn run(
             arg!(nchunks_arg),
         ];
         let blocks = tickets.min(k.once_resident[which]).max(1);
-        return launch(&k.once[which], &stream, (blocks, 1, 1), &mut params);
+        return launch_with(
+            &k.once[which],
+            &stream,
+            (blocks, 1, 1),
+            ONCE_THREADS,
+            &mut params,
+        );
     }
     let mut partial = 0u64;
     let mut partial_cache = None;

@@ -195,12 +195,16 @@ __device__ __forceinline__ void lp_sparse(
 // ------------------------------------------------------------------------------------------
 // Dense phase.
 
+// Threads per block of `lp_dense_once` (the host launches it with as many).
 #define LP_THREADS 256u
 // 16-byte vectors a thread of `lp_dense_once` holds in registers: a chunk of at most
 // LP_THREADS * LP_VECS * 16 bytes (32 KiB) per block.
 #define LP_VECS 8u
 // Blocks of `lp_dense_once` an SM holds at once (its registers are capped to fit).
 #define LP_ONCE_BLOCKS 6
+// Keep-mask words of an `lp_dense_once` chunk (at most LP_THREADS * LP_VECS * 8 tokens of
+// 16 bits), padded by two.
+#define LP_ONCE_KEEP_WORDS (LP_THREADS * LP_VECS * 8u / 32u + 2u)
 
 // Bits [off, off + n) of the shared keep mask (n <= 8, the mask padded by one word).
 __device__ __forceinline__ u32 lp_keep_bits(const u32* keep, u32 off, u32 n) {
@@ -569,7 +573,7 @@ __device__ __forceinline__ void lp_dense_once(
     const u32 VEC = 16 / E::ES;
     const u32 full = (1u << VEC) - 1u;
     const u32 AHEAD = LP_THREADS - 32u; // the thread that takes the next ticket
-    __shared__ u32 keep[LP_KEEP_WORDS];
+    __shared__ u32 keep[LP_ONCE_KEEP_WORDS];
     __shared__ float red[LP_THREADS / 32u];
     __shared__ float thr_s;
     __shared__ u32 ticket_s[2];   // this ticket and the next (by parity)
@@ -734,7 +738,7 @@ __device__ __forceinline__ void lp_dense_once(
         lp_dense<K>(logits, batch, vocab, chunk, keep_t, keep_w, gbits, smask, sactive, temps, \
                     minps, partial, nchunks, pass);                                            \
     }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(256, LP_ONCE_BLOCKS) lp_dense_once_##NAME(                    \
+    extern "C" __global__ void __launch_bounds__(LP_THREADS, LP_ONCE_BLOCKS) lp_dense_once_##NAME(                    \
         char* logits, u32 batch, u32 vocab, u32 chunk, const u32* keep_t, u32 keep_w,          \
         const u32* gbits, const u32* smask, const u32* sactive, const u32* temps,              \
         const u32* minps, u32* sync, u32 nchunks) {                                            \
