@@ -2,7 +2,7 @@
 //! synchronisation, no allocation once the scratch buffers have grown.
 //!
 //! With min-p, the dense launch is `lp_dense_once`: persistent blocks take (row, chunk)
-//! tickets, hold their chunk in registers, and wait for the row's maximum from the other
+//! tickets, hold their chunk in shared memory, and wait for the row's maximum from the other
 //! chunks of the row, so kept logits are read once. It finishes only if the device can hold
 //! more blocks at once than a row has chunks; where it cannot (a small device, a huge
 //! vocabulary), the row maximum is a launch of its own (`lp_dense` pass 0, then pass 1).
@@ -657,7 +657,7 @@ mod tests {
     }
 
     #[test]
-    fn one_read_chunks_leave_room_for_every_row_and_fit_in_registers() {
+    fn one_read_chunks_leave_room_for_every_row_and_fit_in_shared_memory() {
         // H100, 3 blocks per SM: batch 256 keeps its chunks (19 of f32, 10 of f16 per row).
         assert_eq!(once_chunk(8192, 151_936, 4, 396), Some(8192));
         assert_eq!(once_chunk(16384, 151_936, 2, 396), Some(16384));

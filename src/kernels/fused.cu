@@ -8,10 +8,18 @@
 //   the bans, the global boost, the bias and the penalties of row r to the listed tokens only.
 // * `lp_dense_<dtype>`: grid (chunks, rows). Block (c, r) owns the tokens [c*chunk,
 //   (c+1)*chunk) of rows r, r + gridDim.y, ... It builds the chunk's keep mask (per-row list
-//   or bitmask, global mask, step mask) in shared memory; `pass` 0 writes the maximum of the
-//   kept, tempered logits of its chunk to `partial` (rows with min-p only); `pass` 1 writes
-//   -inf over masked tokens without reading them (16-byte stores on the aligned body), and
-//   tempers and cuts the kept ones where the row has a temperature or min-p.
+//   or bitmask, global mask, step mask) in shared memory; `pass` 1 writes -inf over masked
+//   tokens without reading them (16-byte stores on the aligned body), and tempers and cuts
+//   the kept ones where the row has a temperature or min-p. Launches without min-p use pass 1
+//   alone; with min-p, only where `lp_dense_once` cannot run (a device holding too few blocks
+//   at once), pass 0 first writes the maximum of the kept, tempered logits of each chunk to
+//   `partial`.
+// * `lp_dense_once_<dtype>`: the dense phase of a launch with min-p in one pass: persistent
+//   blocks take (row, chunk) tickets, stage their chunk in shared memory (kept 16-byte groups
+//   read once, masked ones written -inf unread), publish the chunk's maximum, wait for the
+//   row's other chunks, then cut and store (see its comment for why it cannot deadlock). A
+//   row whose keep set is a short list never waits: its first chunk's block handles the kept
+//   tokens alone.
 // * `lp_scatter`: the deferred single-word writes of every host table of a device, one launch.
 
 typedef unsigned int u32;
@@ -197,10 +205,13 @@ __device__ __forceinline__ void lp_sparse(
 
 // Threads per block of `lp_dense_once` (the host launches it with as many).
 #define LP_THREADS 256u
-// 16-byte vectors a thread of `lp_dense_once` holds in registers: a chunk of at most
-// LP_THREADS * LP_VECS * 16 bytes (32 KiB) per block.
+// 16-byte vectors a thread of `lp_dense_once` stages in shared memory: a chunk of at most
+// LP_THREADS * LP_VECS * 16 bytes (32 KiB) per block. (Measured on the H100: registers
+// instead, 3 blocks per SM, and 16 KiB chunks, with 128 or 256 threads, single or double
+// buffered, were all slower.)
 #define LP_VECS 8u
-// Blocks of `lp_dense_once` an SM holds at once (its registers are capped to fit).
+// Blocks of `lp_dense_once` an SM holds at once (registers capped to fit; shared memory
+// allows six).
 #define LP_ONCE_BLOCKS 6
 // Keep-mask words of an `lp_dense_once` chunk (at most LP_THREADS * LP_VECS * 8 tokens of
 // 16 bits), padded by two.
