@@ -364,3 +364,100 @@ fn each_processor_alone_at_full_size() {
         }
     }
 }
+
+/// The raw 16-bit patterns of a `[rows, 65536]` f16 or bf16 tensor.
+fn bits16(t: &Tensor) -> Vec<u16> {
+    let t = t.to_device(&Device::Cpu).unwrap().flatten_all().unwrap();
+    match t.dtype() {
+        DType::F16 => t
+            .to_vec1::<half::f16>()
+            .unwrap()
+            .into_iter()
+            .map(half::f16::to_bits)
+            .collect(),
+        _ => t
+            .to_vec1::<half::bf16>()
+            .unwrap()
+            .into_iter()
+            .map(half::bf16::to_bits)
+            .collect(),
+    }
+}
+
+/// Temperature (alone, and before MinP, which takes the one-launch kernel) on every one of
+/// the 65,536 f16 and bf16 patterns, one row per temperature (tiny, subnormal and huge ones
+/// included): CUDA must give the CPU's bits, NaN on both sides aside.
+#[test]
+fn temperature_matches_the_cpu_on_every_16_bit_logit() {
+    let gpu = Device::new_cuda(0).expect("a CUDA device");
+    let temps = [
+        0.8f32, 0.7, 0.5, 1.3, 1.5, 2.0, 0.1, 3.3, 0.55, 7.1, 0.999, 1.0001, 1e-3, 1e-6, 1e4,
+        1e-30, 1e-38, 3e-39, 1e30, 0.3333333,
+    ];
+    let vocab = 1usize << 16;
+    for dtype in [DType::F16, DType::BF16] {
+        for with_min_p in [false, true] {
+            let [mut cpu, mut dev] = [Device::Cpu, gpu.clone()].map(|device| {
+                let c = ProcessorConfig::builder()
+                    .max_batch_size(temps.len())
+                    .vocab_size(vocab)
+                    .device(device)
+                    .build()
+                    .unwrap();
+                let mut b = Pipeline::builder(&c).with(Temperature::new(&c).unwrap());
+                if with_min_p {
+                    b = b.with(MinP::new(&c).unwrap());
+                }
+                b.build().unwrap()
+            });
+            let mut changes = BatchUpdateBuilder::new();
+            for (row, &t) in temps.iter().enumerate() {
+                let mut p = RequestParams::new().with_temperature(t);
+                if with_min_p {
+                    p = p.with_min_p(1e-4);
+                }
+                changes.add(row, Arc::new(p));
+            }
+            let update = changes.build(temps.len()).cloned();
+            cpu.update_state(update.as_ref()).unwrap();
+            dev.update_state(update.as_ref()).unwrap();
+            let patterns: Vec<u16> = (0..temps.len() * vocab).map(|i| i as u16).collect();
+            let host = match dtype {
+                DType::F16 => Tensor::from_vec(
+                    patterns.iter().map(|&b| half::f16::from_bits(b)).collect(),
+                    (temps.len(), vocab),
+                    &Device::Cpu,
+                ),
+                _ => Tensor::from_vec(
+                    patterns.iter().map(|&b| half::bf16::from_bits(b)).collect(),
+                    (temps.len(), vocab),
+                    &Device::Cpu,
+                ),
+            }
+            .unwrap();
+            let on_cpu = host.copy().unwrap();
+            let on_gpu = host.to_device(&gpu).unwrap();
+            cpu.apply(&on_cpu).unwrap();
+            dev.apply(&on_gpu).unwrap();
+            let (want, got) = (bits16(&on_cpu), bits16(&on_gpu));
+            let nan = |b: u16| match dtype {
+                DType::F16 => half::f16::from_bits(b).is_nan(),
+                _ => half::bf16::from_bits(b).is_nan(),
+            };
+            let mut changed = 0usize;
+            for (i, (&w, &g)) in want.iter().zip(&got).enumerate() {
+                assert!(
+                    w == g || (nan(w) && nan(g)),
+                    "{dtype:?} min-p {with_min_p} temperature {}: pattern {:#06x}: cuda {g:#06x} cpu {w:#06x}",
+                    temps[i / vocab],
+                    i % vocab
+                );
+                changed += usize::from(w != patterns[i]);
+            }
+            assert!(
+                changed > vocab,
+                "{dtype:?}: the temperatures changed almost nothing"
+            );
+        }
+    }
+}

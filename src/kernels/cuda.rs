@@ -1,5 +1,11 @@
-//! [`FusedOp`] on CUDA: at most three launches on candle's stream (sparse, row maximum,
-//! dense), no host synchronisation, no allocation once the scratch buffers have grown.
+//! [`FusedOp`] on CUDA: at most two launches on candle's stream (sparse, dense), no host
+//! synchronisation, no allocation once the scratch buffers have grown.
+//!
+//! With min-p, the dense launch is `lp_dense_once`: persistent blocks take (row, chunk)
+//! tickets, hold their chunk in shared memory, and wait for the row's maximum from the other
+//! chunks of the row, so kept logits are read once. It finishes only if the device can hold
+//! more blocks at once than a row has chunks; where it cannot (a small device, a huge
+//! vocabulary), the row maximum is a launch of its own (`lp_dense` pass 0, then pass 1).
 //!
 //! The kernel source (`fused.cu`) is compiled with NVRTC the first time a device needs it (once
 //! per compute capability per process), loaded through candle's module cache, and its function
@@ -10,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::cuda::{CudaDevice, CudaStorage, CudaStorageSlice, DeviceId, WrapErr};
 use candle_core::{Layout, Result};
-use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 
 use super::table::RowTable;
@@ -20,10 +26,20 @@ const SOURCE: &str = include_str!("fused.cu");
 
 /// Threads per block (the kernels' `__launch_bounds__`).
 const THREADS: u32 = 256;
+/// Threads per block of `lp_dense_once` (the kernel's `LP_THREADS`).
+const ONCE_THREADS: u32 = 256;
 /// The kernel's `LP_MAX_CHUNK`: the most tokens one block owns in a row.
 const MAX_CHUNK: u32 = 16384;
 /// The fewest tokens one block owns in a row (a multiple of 32: chunks start on mask words).
 const MIN_CHUNK: u32 = 1024;
+/// The most bytes of logits one block of `lp_dense_once` holds in shared memory (the kernel's
+/// `LP_THREADS * LP_VECS * 16`).
+const ONCE_BYTES: u32 = 32 * 1024;
+/// `lp_dense_once` runs only where a row has at most this fraction of the blocks the device
+/// holds at once (1/4: several such launches on other streams of the same GPU still finish).
+const ONCE_MARGIN: u32 = 4;
+// A block of `lp_dense_once` reads a keep list with one thread per id.
+const _: () = assert!(super::KEEP_LIST_MAX <= ONCE_THREADS as usize);
 /// Blocks wanted per multiprocessor.
 const BLOCKS_PER_SM: u32 = 4;
 
@@ -189,6 +205,10 @@ struct Kernels {
     sparse: [CudaFunction; 3],
     /// `lp_dense_{f32,f16,bf16}`.
     dense: [CudaFunction; 3],
+    /// `lp_dense_once_{f32,f16,bf16}`.
+    once: [CudaFunction; 3],
+    /// Blocks of `lp_dense_once_*` the device holds at once (occupancy times SMs).
+    once_resident: [u32; 3],
     scatter: CudaFunction,
     sms: u32,
 }
@@ -197,8 +217,11 @@ struct Kernels {
 static KERNELS: Mutex<Vec<(DeviceId, Arc<Kernels>)>> = Mutex::new(Vec::new());
 /// PTX per compute capability, compiled once.
 static PTX: Mutex<Vec<(i32, Arc<str>)>> = Mutex::new(Vec::new());
-/// Per device, the row-maximum scratch of min-p (grow-only).
+/// Per device, the row-maximum scratch of min-p's two-launch form (grow-only).
 static PARTIAL: Mutex<Vec<(DeviceId, CudaSlice<f32>)>> = Mutex::new(Vec::new());
+/// Per device, the tickets and row slots of `lp_dense_once` (grow-only; all zero between
+/// launches: the kernel zeroes what it used).
+static SYNC: Mutex<Vec<(DeviceId, CudaSlice<u32>)>> = Mutex::new(Vec::new());
 
 fn attribute(stream: &CudaStream, attr: CUdevice_attribute) -> Result<i32> {
     stream.context().attribute(attr).w()
@@ -253,6 +276,26 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
             .get_or_load_custom_func(name, &module, &ptx)?
             .into_cuda_function())
     };
+    let once = [
+        load("lp_dense_once_f32")?,
+        load("lp_dense_once_f16")?,
+        load("lp_dense_once_bf16")?,
+    ];
+    let sms = sms.max(1) as u32;
+    let mut once_resident = [0u32; 3];
+    for (r, f) in once_resident.iter_mut().zip(&once) {
+        // Its chunk lives in shared memory: ask for the largest shared part of L1 (its loads
+        // bypass L1).
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+            100,
+        )
+        .w()?;
+        *r = f
+            .occupancy_max_active_blocks_per_multiprocessor(ONCE_THREADS, 0, None)
+            .w()?
+            * sms;
+    }
     let k = Arc::new(Kernels {
         sparse: [
             load("lp_sparse_f32")?,
@@ -264,8 +307,10 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
             load("lp_dense_f16")?,
             load("lp_dense_bf16")?,
         ],
+        once,
+        once_resident,
         scatter: load("lp_scatter")?,
-        sms: sms.max(1) as u32,
+        sms,
     });
     let mut cache = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, k)) = cache.iter().find(|(d, _)| *d == id) {
@@ -285,10 +330,34 @@ fn chunk_for(batch: usize, vocab: usize, elem_size: usize, sms: u32) -> u32 {
     rounded.clamp(u64::from(MIN_CHUNK), u64::from(max)) as u32
 }
 
+/// The chunk of `lp_dense_once` for a row of `vocab` when the device holds `resident` of its
+/// blocks at once: `chunk` (at most `ONCE_BYTES` of logits), widened so that a row has at most
+/// `resident / ONCE_MARGIN` chunks; `None` when that takes more than `ONCE_BYTES` per block.
+fn once_chunk(chunk: u32, vocab: u32, elem_size: usize, resident: u32) -> Option<u32> {
+    let most_chunks = resident / ONCE_MARGIN;
+    if most_chunks == 0 {
+        return None;
+    }
+    let max = ONCE_BYTES / elem_size as u32;
+    let need = vocab.div_ceil(most_chunks).div_ceil(MIN_CHUNK) * MIN_CHUNK;
+    let c = chunk.min(max).max(need);
+    (c <= max).then_some(c)
+}
+
 fn launch(
     func: &CudaFunction,
     stream: &CudaStream,
     grid: (u32, u32, u32),
+    params: &mut [*mut c_void],
+) -> Result<()> {
+    launch_with(func, stream, grid, THREADS, params)
+}
+
+fn launch_with(
+    func: &CudaFunction,
+    stream: &CudaStream,
+    grid: (u32, u32, u32),
+    threads: u32,
     params: &mut [*mut c_void],
 ) -> Result<()> {
     stream.context().bind_to_thread().w()?;
@@ -299,7 +368,7 @@ fn launch(
         cudarc::driver::result::launch_kernel(
             func.cu_function(),
             grid,
-            (THREADS, 1, 1),
+            (threads, 1, 1),
             0,
             stream.cu_stream(),
             params,
@@ -463,6 +532,51 @@ pub(crate) fn run(
         }
         None => {}
     }
+    let (mut batch_arg, mut vocab_arg) = (batch32, vocab32);
+    let once = op
+        .min_p
+        .and_then(|_| once_chunk(chunk, vocab32, elem_size, k.once_resident[which]))
+        .filter(|&c| batch32.checked_mul(vocab32.div_ceil(c)).is_some());
+    if let Some(chunk) = once {
+        let nchunks = vocab32.div_ceil(chunk);
+        let tickets = batch32 * nchunks;
+        let need = 2 + 2 * batch;
+        let mut cache = SYNC.lock().unwrap_or_else(|e| e.into_inner());
+        let id = dev.id();
+        let pos = match cache.iter().position(|(d, s)| *d == id && s.len() >= need) {
+            Some(p) => p,
+            None => {
+                cache.retain(|(d, _)| *d != id);
+                cache.push((id, stream.alloc_zeros::<u32>(need.next_power_of_two()).w()?));
+                cache.len() - 1
+            }
+        };
+        let (mut sync, _sync_guard) = cache[pos].1.device_ptr_mut(&stream);
+        let (mut chunk_arg, mut nchunks_arg) = (chunk, nchunks);
+        let mut params: [*mut c_void; 13] = [
+            arg!(logits),
+            arg!(batch_arg),
+            arg!(vocab_arg),
+            arg!(chunk_arg),
+            arg!(keep),
+            arg!(keep_w),
+            arg!(gbits),
+            arg!(smask),
+            arg!(sactive),
+            arg!(temps),
+            arg!(minps),
+            arg!(sync),
+            arg!(nchunks_arg),
+        ];
+        let blocks = tickets.min(k.once_resident[which]).max(1);
+        return launch_with(
+            &k.once[which],
+            &stream,
+            (blocks, 1, 1),
+            ONCE_THREADS,
+            &mut params,
+        );
+    }
     let mut partial = 0u64;
     let mut partial_cache = None;
     if op.min_p.is_some() {
@@ -484,8 +598,7 @@ pub(crate) fn run(
         partial = p;
         drop(g); // the stream orders the two passes; the buffer outlives them (static)
     }
-    let (mut batch_arg, mut vocab_arg, mut chunk_arg, mut nchunks_arg) =
-        (batch32, vocab32, chunk, nchunks);
+    let (mut chunk_arg, mut nchunks_arg) = (chunk, nchunks);
     for pass in if op.min_p.is_some() { 0i32..2 } else { 1..2 } {
         let mut pass_arg = pass;
         let mut params: [*mut c_void; 14] = [
@@ -517,7 +630,12 @@ mod tests {
     #[test]
     fn the_kernel_source_compiles_with_nvrtc() {
         let ptx = ptx_for(90).unwrap();
-        for name in ["lp_sparse_bf16", "lp_dense_f16", "lp_scatter"] {
+        for name in [
+            "lp_sparse_bf16",
+            "lp_dense_f16",
+            "lp_dense_once_f32",
+            "lp_scatter",
+        ] {
             assert!(ptx.contains(name), "{name} missing from the PTX");
         }
     }
@@ -534,6 +652,30 @@ mod tests {
             for es in [2, 4] {
                 let c = chunk_for(b, 151_936, es, 132);
                 assert!(c.is_multiple_of(32) && (MIN_CHUNK..=MAX_CHUNK).contains(&c));
+            }
+        }
+    }
+
+    #[test]
+    fn one_read_chunks_leave_room_for_every_row_and_fit_in_shared_memory() {
+        // H100, 3 blocks per SM: batch 256 keeps its chunks (19 of f32, 10 of f16 per row).
+        assert_eq!(once_chunk(8192, 151_936, 4, 396), Some(8192));
+        assert_eq!(once_chunk(16384, 151_936, 2, 396), Some(16384));
+        // batch 1 (1024-token chunks): widened to at most 99 chunks per row.
+        let c = once_chunk(1024, 151_936, 4, 396).unwrap();
+        assert!(151_936u32.div_ceil(c) <= 99 && c.is_multiple_of(MIN_CHUNK));
+        // a small device or a huge vocabulary: the two-launch form.
+        assert_eq!(once_chunk(8192, 151_936, 4, 40), None);
+        assert_eq!(once_chunk(8192, 4_000_000, 4, 396), None);
+        assert_eq!(once_chunk(1024, 151_936, 4, 0), None);
+        for resident in [8, 64, 132, 396, 1056] {
+            for vocab in [37, 1009, 32_000, 151_936, 262_144] {
+                for es in [2, 4] {
+                    if let Some(c) = once_chunk(1024, vocab, es, resident) {
+                        assert!(vocab.div_ceil(c) * ONCE_MARGIN <= resident);
+                        assert!(c * es as u32 <= ONCE_BYTES);
+                    }
+                }
             }
         }
     }

@@ -8,10 +8,18 @@
 //   the bans, the global boost, the bias and the penalties of row r to the listed tokens only.
 // * `lp_dense_<dtype>`: grid (chunks, rows). Block (c, r) owns the tokens [c*chunk,
 //   (c+1)*chunk) of rows r, r + gridDim.y, ... It builds the chunk's keep mask (per-row list
-//   or bitmask, global mask, step mask) in shared memory; `pass` 0 writes the maximum of the
-//   kept, tempered logits of its chunk to `partial` (rows with min-p only); `pass` 1 writes
-//   -inf over masked tokens without reading them (16-byte stores on the aligned body), and
-//   tempers and cuts the kept ones where the row has a temperature or min-p.
+//   or bitmask, global mask, step mask) in shared memory; `pass` 1 writes -inf over masked
+//   tokens without reading them (16-byte stores on the aligned body), and tempers and cuts
+//   the kept ones where the row has a temperature or min-p. Launches without min-p use pass 1
+//   alone; with min-p, only where `lp_dense_once` cannot run (a device holding too few blocks
+//   at once), pass 0 first writes the maximum of the kept, tempered logits of each chunk to
+//   `partial`.
+// * `lp_dense_once_<dtype>`: the dense phase of a launch with min-p in one pass: persistent
+//   blocks take (row, chunk) tickets, stage their chunk in shared memory (kept 16-byte groups
+//   read once, masked ones written -inf unread), publish the chunk's maximum, wait for the
+//   row's other chunks, then cut and store (see its comment for why it cannot deadlock). A
+//   row whose keep set is a short list never waits: its first chunk's block handles the kept
+//   tokens alone.
 // * `lp_scatter`: the deferred single-word writes of every host table of a device, one launch.
 
 typedef unsigned int u32;
@@ -97,7 +105,7 @@ __device__ __forceinline__ void lp_store16(char* p, u32 w) {
 }
 
 // 16 bytes of logits in registers: element e of VEC = 16 / ES.
-struct LpVec {
+struct __align__(16) LpVec {
     u32 w[4];
 };
 
@@ -195,6 +203,20 @@ __device__ __forceinline__ void lp_sparse(
 // ------------------------------------------------------------------------------------------
 // Dense phase.
 
+// Threads per block of `lp_dense_once` (the host launches it with as many).
+#define LP_THREADS 256u
+// 16-byte vectors a thread of `lp_dense_once` stages in shared memory: a chunk of at most
+// LP_THREADS * LP_VECS * 16 bytes (32 KiB) per block. (Measured on the H100: registers
+// instead, 3 blocks per SM, and 16 KiB chunks, with 128 or 256 threads, single or double
+// buffered, were all slower.)
+#define LP_VECS 8u
+// Blocks of `lp_dense_once` an SM holds at once (registers capped to fit; shared memory
+// allows six).
+#define LP_ONCE_BLOCKS 6
+// Keep-mask words of an `lp_dense_once` chunk (at most LP_THREADS * LP_VECS * 8 tokens of
+// 16 bits), padded by two.
+#define LP_ONCE_KEEP_WORDS (LP_THREADS * LP_VECS * 8u / 32u + 2u)
+
 // Bits [off, off + n) of the shared keep mask (n <= 8, the mask padded by one word).
 __device__ __forceinline__ u32 lp_keep_bits(const u32* keep, u32 off, u32 n) {
     u32 w = off >> 5;
@@ -209,6 +231,93 @@ __device__ __forceinline__ float lp_tempered(const char* rowp, u32 t, float temp
     return temp != 1.0f ? E::round(__fdiv_rn(x, temp)) : x;
 }
 
+// What the dense phase does to one row.
+struct LpRow {
+    char* p;          // the row's logits
+    const u32* entry; // its keep-table entry, or null
+    const u32* srow;  // its step-mask words, or null
+    u32 head_word;    // entry[0]: 0 = no keep set, LP_KEEP_BITMASK = bitmask, else list length
+    float temp;
+    float lnp;        // ln(min_p), -inf without min-p
+    bool has_min_p;
+    bool values;      // temperature or min-p: kept logits are read and rewritten
+    bool masked;      // some mask applies
+};
+
+template <int K>
+__device__ __forceinline__ LpRow lp_row(char* logits, u32 row, u32 vocab, const u32* keep_t,
+                                        u32 keep_w, const u32* gbits, const u32* smask,
+                                        const u32* sactive, const u32* temps, const u32* minps) {
+    LpRow r;
+    r.p = logits + (size_t)row * vocab * Lp<K>::ES;
+    r.entry = keep_t ? keep_t + (size_t)row * keep_w : (const u32*)0;
+    r.head_word = r.entry ? r.entry[0] : 0u;
+    const bool stepped = smask && sactive[row] != 0u;
+    r.srow = stepped ? smask + (size_t)row * ((vocab + 31u) >> 5) : (const u32*)0;
+    r.temp = temps ? __uint_as_float(temps[row]) : 1.0f;
+    r.lnp = minps ? __uint_as_float(minps[row]) : LP_NEG_INF;
+    r.has_min_p = r.lnp != LP_NEG_INF;
+    r.values = r.temp != 1.0f || r.has_min_p;
+    r.masked = r.head_word != 0u || gbits || stepped;
+    return r;
+}
+
+// Writes to `keep` the keep mask of tokens [c0, c1) of row `r` (per-row list or bitmask,
+// global mask, step mask), padded with two zero words. Ends with a barrier.
+__device__ __forceinline__ void lp_build_keep(u32* keep, const LpRow& r, const u32* gbits,
+                                              u32 c0, u32 c1) {
+    const u32 tid = threadIdx.x, nt = blockDim.x;
+    const u32 nwords = (c1 - c0 + 31u) >> 5;
+    const u32 w0 = c0 >> 5;
+    const bool forced = r.head_word != 0u;
+    const bool forced_bits = r.head_word == LP_KEEP_BITMASK;
+    for (u32 w = tid; w < nwords + 2u; w += nt) {
+        u32 k = 0u;
+        if (w < nwords) {
+            k = 0xffffffffu;
+            if (forced) k = forced_bits ? r.entry[1 + w0 + w] : 0u;
+            if (gbits) k &= gbits[w0 + w];
+            if (r.srow) k &= r.srow[w0 + w];
+        }
+        keep[w] = k;
+    }
+    __syncthreads();
+    if (forced && !forced_bits) {
+        for (u32 k = tid; k < r.head_word; k += nt) {
+            const u32 t = r.entry[1 + k];
+            if (t >= c0 && t < c1 && (!gbits || ((gbits[t >> 5] >> (t & 31u)) & 1u)) &&
+                (!r.srow || ((r.srow[t >> 5] >> (t & 31u)) & 1u))) {
+                atomicOr(&keep[(t - c0) >> 5], 1u << ((t - c0) & 31u));
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// A chunk's 16-byte aligned body [c0 + head, c0 + body_end), body_end = head + nvec * VEC,
+// and its unaligned ends (head elements before, tail after).
+struct LpSpan {
+    char* body;
+    u32 head, nvec, body_end, tail;
+};
+
+template <int K> __device__ __forceinline__ LpSpan lp_span(char* rowp, u32 c0, u32 span) {
+    typedef Lp<K> E;
+    const u32 VEC = 16 / E::ES;
+    LpSpan s;
+    const u64 a = (u64)(rowp + (size_t)c0 * E::ES);
+    s.head = (u32)(((16u - (u32)(a & 15u)) & 15u) / E::ES);
+    if (s.head > span) s.head = span;
+    s.nvec = (span - s.head) / VEC;
+    s.body_end = s.head + s.nvec * VEC;
+    s.tail = span - s.body_end;
+    s.body = rowp + (size_t)(c0 + s.head) * E::ES;
+    return s;
+}
+
+// The two-launch form, for devices that cannot hold a row's blocks at once (see
+// `lp_dense_once`): `pass` 0 writes the maxima of rows with min-p to `partial`, `pass` 1
+// writes the row. Grid (chunks, rows).
 template <int K>
 __device__ __forceinline__ void lp_dense(
     char* logits, u32 batch, u32 vocab, u32 chunk,
@@ -227,67 +336,26 @@ __device__ __forceinline__ void lp_dense(
     const u32 c0 = blockIdx.x * chunk;
     if (c0 >= vocab) return;
     const u32 c1 = min(c0 + chunk, vocab);
-    const u32 span = c1 - c0;
-    const u32 nwords = (span + 31u) >> 5;
-    const u32 w0 = c0 >> 5;
-    const u32 vwords = (vocab + 31u) >> 5;
 
     for (u32 row = blockIdx.y; row < batch; row += gridDim.y) {
-        char* rowp = logits + (size_t)row * vocab * E::ES;
-        const u32* entry = keep_t ? keep_t + (size_t)row * keep_w : (const u32*)0;
-        const u32 head_word = entry ? entry[0] : 0u;
-        const bool forced = head_word != 0u;
-        const bool forced_bits = head_word == LP_KEEP_BITMASK;
-        const bool stepped = smask && sactive[row] != 0u;
-        const u32* srow = stepped ? smask + (size_t)row * vwords : (const u32*)0;
-        const float temp = temps ? __uint_as_float(temps[row]) : 1.0f;
-        const float lnp = minps ? __uint_as_float(minps[row]) : LP_NEG_INF;
-        const bool has_min_p = lnp != LP_NEG_INF;
-        const bool values = temp != 1.0f || has_min_p;
-        const bool masked = forced || gbits || stepped;
-        if (pass == 0 && !has_min_p) continue; // row-uniform branches
-        if (!masked && !values) continue;
-
-        // The chunk's keep mask (padded with zero words).
-        for (u32 w = tid; w < nwords + 2u; w += nt) {
-            u32 k = 0u;
-            if (w < nwords) {
-                k = 0xffffffffu;
-                if (forced) k = forced_bits ? entry[1 + w0 + w] : 0u;
-                if (gbits) k &= gbits[w0 + w];
-                if (srow) k &= srow[w0 + w];
-            }
-            keep[w] = k;
-        }
-        __syncthreads();
-        if (forced && !forced_bits) {
-            for (u32 k = tid; k < head_word; k += nt) {
-                const u32 t = entry[1 + k];
-                if (t >= c0 && t < c1 && (!gbits || ((gbits[t >> 5] >> (t & 31u)) & 1u)) &&
-                    (!srow || ((srow[t >> 5] >> (t & 31u)) & 1u))) {
-                    atomicOr(&keep[(t - c0) >> 5], 1u << ((t - c0) & 31u));
-                }
-            }
-        }
-        __syncthreads();
-
-        // The 16-byte aligned part of the chunk: [c0 + head, c0 + head + nvec * VEC).
-        const u64 a = (u64)(rowp + (size_t)c0 * E::ES);
-        u32 head = (u32)(((16u - (u32)(a & 15u)) & 15u) / E::ES);
-        if (head > span) head = span;
-        const u32 nvec = (span - head) / VEC;
-        const u32 body_end = head + nvec * VEC;
-        const u32 tail = span - body_end;
-        char* body = rowp + (size_t)(c0 + head) * E::ES;
+        const LpRow r = lp_row<K>(logits, row, vocab, keep_t, keep_w, gbits, smask, sactive,
+                                  temps, minps);
+        char* rowp = r.p;
+        const float temp = r.temp;
+        const bool values = r.values;
+        if (pass == 0 && !r.has_min_p) continue; // row-uniform branches
+        if (!r.masked && !values) continue;
+        lp_build_keep(keep, r, gbits, c0, c1);
+        const LpSpan s = lp_span<K>(rowp, c0, c1 - c0);
         const u32 full = (1u << VEC) - 1u;
 
         if (pass == 0) {
             float m = LP_NEG_INF;
-            for (u32 v = tid; v < nvec; v += nt) {
-                const u32 off = head + v * VEC;
+            for (u32 v = tid; v < s.nvec; v += nt) {
+                const u32 off = s.head + v * VEC;
                 const u32 bits = lp_keep_bits(keep, off, VEC);
                 if (bits == 0u) continue;
-                const LpVec q = lp_load_vec(body + (size_t)v * 16u);
+                const LpVec q = lp_load_vec(s.body + (size_t)v * 16u);
 #pragma unroll
                 for (u32 e = 0; e < VEC; ++e) {
                     if ((bits >> e) & 1u) {
@@ -296,37 +364,37 @@ __device__ __forceinline__ void lp_dense(
                     }
                 }
             }
-            for (u32 i = tid; i < head + tail; i += nt) {
-                const u32 off = i < head ? i : body_end + (i - head);
+            for (u32 i = tid; i < s.head + s.tail; i += nt) {
+                const u32 off = i < s.head ? i : s.body_end + (i - s.head);
                 if ((keep[off >> 5] >> (off & 31u)) & 1u) m = fmaxf(m, lp_tempered<K>(rowp, c0 + off, temp));
             }
             for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
             if ((tid & 31u) == 0u) red[tid >> 5] = m;
             __syncthreads();
             if (tid == 0) {
-                float r = LP_NEG_INF;
-                for (u32 w = 0; w < (nt + 31u) / 32u; ++w) r = fmaxf(r, red[w]);
-                partial[(size_t)row * nchunks + blockIdx.x] = r;
+                float b = LP_NEG_INF;
+                for (u32 w = 0; w < (nt + 31u) / 32u; ++w) b = fmaxf(b, red[w]);
+                partial[(size_t)row * nchunks + blockIdx.x] = b;
             }
             __syncthreads();
             continue;
         }
 
-        if (has_min_p) {
+        if (r.has_min_p) {
             if (tid == 0) {
-                float r = LP_NEG_INF;
-                for (u32 c = 0; c < nchunks; ++c) r = fmaxf(r, partial[(size_t)row * nchunks + c]);
-                thr_s = __fadd_rn(r, lnp);
+                float b = LP_NEG_INF;
+                for (u32 c = 0; c < nchunks; ++c) b = fmaxf(b, partial[(size_t)row * nchunks + c]);
+                thr_s = __fadd_rn(b, r.lnp);
             }
             __syncthreads();
         }
-        const float thr = has_min_p ? thr_s : LP_NEG_INF;
+        const float thr = r.has_min_p ? thr_s : LP_NEG_INF;
         const u32 neg_raw = E::to_raw(LP_NEG_INF);
 
-        for (u32 v = tid; v < nvec; v += nt) {
-            const u32 off = head + v * VEC;
+        for (u32 v = tid; v < s.nvec; v += nt) {
+            const u32 off = s.head + v * VEC;
             const u32 bits = lp_keep_bits(keep, off, VEC);
-            char* p = body + (size_t)v * 16u;
+            char* p = s.body + (size_t)v * 16u;
             if (bits == 0u) {
                 lp_store16(p, E::NEG_INF_WORD);
             } else if (bits != full || values) {
@@ -345,8 +413,8 @@ __device__ __forceinline__ void lp_dense(
                 lp_store_vec(p, q);
             }
         }
-        for (u32 i = tid; i < head + tail; i += nt) {
-            const u32 off = i < head ? i : body_end + (i - head);
+        for (u32 i = tid; i < s.head + s.tail; i += nt) {
+            const u32 off = i < s.head ? i : s.body_end + (i - s.head);
             const u32 t = c0 + off;
             if ((keep[off >> 5] >> (off & 31u)) & 1u) {
                 if (values) {
@@ -359,6 +427,310 @@ __device__ __forceinline__ void lp_dense(
             }
         }
         __syncthreads(); // `keep` is rebuilt for the next row
+    }
+}
+
+// A row maximum as a u32 with the same order (-0 below +0; NaN never reaches it), for
+// atomicMax. 0 is below every key of a float, so a zeroed slot holds "nothing yet".
+__device__ __forceinline__ u32 lp_key(float x) {
+    const u32 b = __float_as_uint(x);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__device__ __forceinline__ float lp_unkey(u32 k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+__device__ __forceinline__ u32 lp_load_acquire(const u32* p) {
+    u32 v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ u32 lp_load_relaxed(const u32* p) {
+    u32 v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+// The four words that decide what happens to a row: keep-table head, step-mask flag,
+// temperature and ln(min_p) bits (loaded ahead by one thread, see `lp_dense_once`).
+__device__ __forceinline__ void lp_row_words(u32* w, u32 row, const u32* keep_t, u32 keep_w,
+                                             const u32* smask, const u32* sactive,
+                                             const u32* temps, const u32* minps) {
+    w[0] = keep_t ? keep_t[(size_t)row * keep_w] : 0u;
+    w[1] = smask ? sactive[row] : 0u;
+    w[2] = temps ? temps[row] : 0x3f800000u; // 1.0f
+    w[3] = minps ? minps[row] : 0xff800000u; // -inf
+}
+
+template <int K>
+__device__ __forceinline__ LpRow lp_row_of(char* logits, u32 row, u32 vocab, const u32* keep_t,
+                                           u32 keep_w, const u32* gbits, const u32* smask,
+                                           const u32* w) {
+    LpRow r;
+    r.p = logits + (size_t)row * vocab * Lp<K>::ES;
+    r.head_word = w[0];
+    r.entry = r.head_word != 0u ? keep_t + (size_t)row * keep_w : (const u32*)0;
+    r.srow = w[1] != 0u ? smask + (size_t)row * ((vocab + 31u) >> 5) : (const u32*)0;
+    r.temp = __uint_as_float(w[2]);
+    r.lnp = __uint_as_float(w[3]);
+    r.has_min_p = r.lnp != LP_NEG_INF;
+    r.values = r.temp != 1.0f || r.has_min_p;
+    r.masked = r.head_word != 0u || gbits || r.srow;
+    return r;
+}
+
+// `lp_build_keep` with every global read in one round: a keep list's ids (at most
+// KEEP_LIST_MAX <= LP_THREADS, one per thread) are read with the mask words. Ends with a
+// barrier.
+__device__ __forceinline__ void lp_build_keep_once(u32* keep, const LpRow& r, const u32* gbits,
+                                                   u32 c0, u32 c1) {
+    const u32 tid = threadIdx.x, nt = blockDim.x;
+    const u32 nwords = (c1 - c0 + 31u) >> 5;
+    const u32 w0 = c0 >> 5;
+    const bool bitmask = r.head_word == LP_KEEP_BITMASK;
+    const bool list = r.head_word != 0u && !bitmask;
+    const u32 t = list && tid < r.head_word ? r.entry[1 + tid] : 0xffffffffu;
+    for (u32 w = tid; w < nwords + 2u; w += nt) {
+        u32 k = 0u;
+        if (w < nwords) {
+            k = bitmask ? r.entry[1 + w0 + w] : 0xffffffffu;
+            if (gbits) k &= gbits[w0 + w];
+            if (r.srow) k &= r.srow[w0 + w];
+        }
+        keep[w] = k; // for a list: what the other masks allow
+    }
+    __syncthreads();
+    if (list) { // block-uniform
+        const bool ok = t >= c0 && t < c1 && ((keep[(t - c0) >> 5] >> ((t - c0) & 31u)) & 1u);
+        __syncthreads();
+        for (u32 w = tid; w < nwords; w += nt) keep[w] = 0u;
+        __syncthreads();
+        if (ok) atomicOr(&keep[(t - c0) >> 5], 1u << ((t - c0) & 31u));
+        __syncthreads();
+    }
+}
+
+// A row whose keep set is a list (at most KEEP_LIST_MAX ids), in `lp_dense_once`: the block
+// of its first chunk reads, tempers, cuts and writes all of its kept tokens (the row maximum
+// needs no other block); every block writes -inf over the other tokens of its chunk without
+// reading them, with element stores beside kept tokens (which that first block may be writing).
+template <int K>
+__device__ __forceinline__ void lp_list_row(u32* keep, float* red, const LpRow& r,
+                                            const u32* gbits, u32 c0, u32 c1) {
+    typedef Lp<K> E;
+    const u32 VEC = 16 / E::ES;
+    const u32 tid = threadIdx.x;
+    lp_build_keep_once(keep, r, gbits, c0, c1);
+    const LpSpan s = lp_span<K>(r.p, c0, c1 - c0);
+    for (u32 v = tid; v < s.nvec; v += LP_THREADS) {
+        const u32 bits = lp_keep_bits(keep, s.head + v * VEC, VEC);
+        if (bits == 0u) {
+            lp_store16(s.body + (size_t)v * 16u, E::NEG_INF_WORD);
+        } else {
+            for (u32 e = 0; e < VEC; ++e) {
+                if (!((bits >> e) & 1u)) E::put(r.p, c0 + s.head + v * VEC + e, LP_NEG_INF);
+            }
+        }
+    }
+    if (tid < s.head + s.tail) {
+        const u32 off = tid < s.head ? tid : s.body_end + (tid - s.head);
+        if (!((keep[off >> 5] >> (off & 31u)) & 1u)) E::put(r.p, c0 + off, LP_NEG_INF);
+    }
+    if (c0 != 0u || !r.values) return; // block-uniform
+    const u32 t = tid < r.head_word ? r.entry[1 + tid] : 0u;
+    const bool kept = tid < r.head_word && (!gbits || ((gbits[t >> 5] >> (t & 31u)) & 1u)) &&
+                      (!r.srow || ((r.srow[t >> 5] >> (t & 31u)) & 1u));
+    const float y = kept ? lp_tempered<K>(r.p, t, r.temp) : LP_NEG_INF;
+    float thr = LP_NEG_INF;
+    if (r.has_min_p) {
+        float m = y;
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        if ((tid & 31u) == 0u) red[tid >> 5] = m;
+        __syncthreads();
+        float b = red[0];
+        for (u32 w = 1; w < LP_THREADS / 32u; ++w) b = fmaxf(b, red[w]);
+        thr = __fadd_rn(b, r.lnp);
+    }
+    if (kept) {
+        if (y < thr) E::put(r.p, t, LP_NEG_INF);
+        else if (r.temp != 1.0f) E::put(r.p, t, y);
+    }
+}
+
+// The one-launch form: every kept logit is read once. Persistent blocks take tickets
+// (`sync[0]`); ticket k is chunk k % nchunks of row k / nchunks, so a row's chunks go to
+// consecutive tickets. A block copies its chunk into its own slots of `stage` (shared memory;
+// masked 16-byte groups are written -inf, never read), masks and tempers it there and, for a
+// row with min-p, publishes the chunk's maximum into the row's slot (`sync[2 + 2 * row]`,
+// atomicMax of `lp_key`; arrivals counted in `sync[3 + 2 * row]`) before it waits for the
+// row's other chunks; then it cuts and stores. Rows whose keep set is a list never wait (see
+// `lp_list_row`). A waiting block has published, and the row's other chunks are held by blocks
+// that publish before they wait, or are taken next by a block that is not waiting (a block
+// takes its next ticket only once its own row is complete): at most nchunks - 1 blocks wait at
+// any time, so the launch finishes whenever the device can hold more than that many blocks
+// (the host checks). The last block to exit zeroes the row slots and `sync[0..2]`, so the
+// scratch is all zero between launches.
+template <int K>
+__device__ __forceinline__ void lp_dense_once(
+    char* logits, u32 batch, u32 vocab, u32 chunk,
+    const u32* keep_t, u32 keep_w, const u32* gbits,
+    const u32* smask, const u32* sactive,
+    const u32* temps, const u32* minps,
+    u32* sync, u32 nchunks)
+{
+    typedef Lp<K> E;
+    const u32 VEC = 16 / E::ES;
+    const u32 full = (1u << VEC) - 1u;
+    const u32 AHEAD = LP_THREADS - 32u; // the thread that takes the next ticket
+    __shared__ u32 keep[LP_ONCE_KEEP_WORDS];
+    __shared__ float red[LP_THREADS / 32u];
+    __shared__ float thr_s;
+    __shared__ u32 ticket_s[2];   // this ticket and the next (by parity)
+    __shared__ u32 words_s[2][4]; // their rows' `lp_row_words`
+    __shared__ u32 last_s;
+    __shared__ LpVec stage[LP_THREADS * LP_VECS]; // the chunk; a thread uses its own slots only
+
+    const u32 tid = threadIdx.x;
+    const u32 total = batch * nchunks;
+    const u32 neg_raw = E::to_raw(LP_NEG_INF);
+    if (tid == AHEAD) {
+        const u32 t = atomicAdd(&sync[0], 1u);
+        ticket_s[0] = t;
+        if (t < total) lp_row_words(words_s[0], t / nchunks, keep_t, keep_w, smask, sactive, temps, minps);
+    }
+    __syncthreads();
+    for (u32 it = 0;; ++it) {
+        const u32 cur = it & 1u;
+        const u32 ticket = ticket_s[cur];
+        if (ticket >= total) break; // block-uniform
+        const u32 row = ticket / nchunks;
+        const u32 c0 = (ticket - row * nchunks) * chunk;
+        const u32 c1 = min(c0 + chunk, vocab);
+        const LpRow r = lp_row_of<K>(logits, row, vocab, keep_t, keep_w, gbits, smask, words_s[cur]);
+        const bool list = r.head_word != 0u && r.head_word != LP_KEEP_BITMASK;
+        // The next ticket: now for a row that does not wait, after the wait for one that does.
+        u32 next = 0u;
+        if ((!r.has_min_p || list) && tid == AHEAD) next = atomicAdd(&sync[0], 1u);
+        if (list) {
+            lp_list_row<K>(keep, red, r, gbits, c0, c1);
+        } else if (r.masked || r.values) {
+            if (r.masked) lp_build_keep_once(keep, r, gbits, c0, c1);
+            const LpSpan s = lp_span<K>(r.p, c0, c1 - c0);
+
+            // Loads first, straight to this thread's slots of `stage` (all in flight at once);
+            // fully masked groups are written now, never read.
+            const u32 sbase = (u32)__cvta_generic_to_shared(stage);
+            for (u32 j = 0; j < LP_VECS; ++j) {
+                const u32 v = tid + j * LP_THREADS;
+                if (v >= s.nvec) break;
+                const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
+                char* p = s.body + (size_t)v * 16u;
+                if (bits == 0u) {
+                    lp_store16(p, E::NEG_INF_WORD);
+                } else if (bits != full || r.values) {
+                    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sbase + 16u * v), "l"(p) : "memory");
+                }
+            }
+            // The unaligned ends: one element per thread (head + tail < 2 * VEC <= LP_THREADS).
+            const u32 nscal = s.head + s.tail;
+            u32 soff = 0u;
+            bool skept = false;
+            float ys = LP_NEG_INF;
+            if (tid < nscal) {
+                soff = tid < s.head ? tid : s.body_end + (tid - s.head);
+                skept = !r.masked || ((keep[soff >> 5] >> (soff & 31u)) & 1u);
+                if (!skept) E::put(r.p, c0 + soff, LP_NEG_INF);
+                else if (r.values) ys = lp_tempered<K>(r.p, c0 + soff, r.temp);
+            }
+            asm volatile("cp.async.wait_all;" ::: "memory");
+
+            // Mask and temper; the chunk's maximum of kept, tempered logits. Without min-p the
+            // result is final and stored now; with it, it goes back to `stage` until the cut.
+            float m = skept ? ys : LP_NEG_INF;
+            for (u32 j = 0; j < LP_VECS; ++j) {
+                const u32 v = tid + j * LP_THREADS;
+                if (v >= s.nvec) break;
+                const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
+                if (bits == 0u || (bits == full && !r.values)) continue;
+                LpVec q = stage[v];
+                if (bits != full || r.temp != 1.0f) {
+#pragma unroll
+                    for (u32 e = 0; e < VEC; ++e) {
+                        if (!((bits >> e) & 1u)) {
+                            lp_vec_set<E::ES>(q, e, neg_raw);
+                        } else if (r.values) {
+                            const float x = E::from_raw(lp_vec_get<E::ES>(q, e));
+                            const float y = r.temp != 1.0f ? E::round(__fdiv_rn(x, r.temp)) : x;
+                            m = fmaxf(m, y);
+                            if (r.temp != 1.0f) lp_vec_set<E::ES>(q, e, E::to_raw(y));
+                        }
+                    }
+                    if (r.has_min_p) stage[v] = q;
+                    else lp_store_vec(s.body + (size_t)v * 16u, q);
+                } else { // a full group, min-p only: the maximum alone
+#pragma unroll
+                    for (u32 e = 0; e < VEC; ++e) m = fmaxf(m, E::from_raw(lp_vec_get<E::ES>(q, e)));
+                }
+            }
+
+            float thr = LP_NEG_INF;
+            if (r.has_min_p) { // block-uniform
+                for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+                if ((tid & 31u) == 0u) red[tid >> 5] = m;
+                __syncthreads();
+                if (tid == 0) {
+                    float b = red[0];
+                    for (u32 w = 1; w < LP_THREADS / 32u; ++w) b = fmaxf(b, red[w]);
+                    u32* slot = sync + 2u + 2u * row;
+                    // Publish (the maximum, then the arrival, released after it) and wait.
+                    asm volatile("red.relaxed.gpu.global.max.u32 [%0], %1;" ::"l"(slot), "r"(lp_key(b)) : "memory");
+                    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(slot + 1) : "memory");
+                    while (lp_load_acquire(slot + 1) < nchunks) __nanosleep(64);
+                    thr_s = __fadd_rn(lp_unkey(lp_load_relaxed(slot)), r.lnp);
+                }
+                __syncthreads();
+                thr = thr_s;
+                if (tid == AHEAD) next = atomicAdd(&sync[0], 1u);
+
+                // Cut and store. Masked elements hold -inf already (cutting them again is a
+                // no-op); a kept element's slot holds its tempered, rounded value y, and
+                // from_raw(to_raw(y)) == y for every non-NaN y.
+                for (u32 j = 0; j < LP_VECS; ++j) {
+                    const u32 v = tid + j * LP_THREADS;
+                    if (v >= s.nvec) break;
+                    const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
+                    if (bits == 0u) continue;
+                    LpVec q = stage[v];
+#pragma unroll
+                    for (u32 e = 0; e < VEC; ++e) {
+                        if (E::from_raw(lp_vec_get<E::ES>(q, e)) < thr) lp_vec_set<E::ES>(q, e, neg_raw);
+                    }
+                    lp_store_vec(s.body + (size_t)v * 16u, q);
+                }
+            }
+            if (skept && r.values) {
+                if (ys < thr) E::put(r.p, c0 + soff, LP_NEG_INF);
+                else if (r.temp != 1.0f) E::put(r.p, c0 + soff, ys);
+            }
+        }
+        if (tid == AHEAD) {
+            ticket_s[cur ^ 1u] = next;
+            if (next < total) lp_row_words(words_s[cur ^ 1u], next / nchunks, keep_t, keep_w, smask, sactive, temps, minps);
+        }
+        __syncthreads(); // `keep`, `red`, `thr_s` are reused by the next ticket
+    }
+    // The last block to exit zeroes the scratch (every other block is done with it).
+    if (tid == 0) last_s = atomicAdd(&sync[1], 1u) == gridDim.x - 1u;
+    __syncthreads();
+    if (last_s) {
+        __threadfence();
+        for (u32 k = tid; k < 2u * batch; k += LP_THREADS) sync[2 + k] = 0u;
+        if (tid == 0) {
+            sync[0] = 0u;
+            sync[1] = 0u;
+        }
     }
 }
 
@@ -376,6 +748,13 @@ __device__ __forceinline__ void lp_dense(
         const u32* minps, float* partial, u32 nchunks, int pass) {                             \
         lp_dense<K>(logits, batch, vocab, chunk, keep_t, keep_w, gbits, smask, sactive, temps, \
                     minps, partial, nchunks, pass);                                            \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(LP_THREADS, LP_ONCE_BLOCKS) lp_dense_once_##NAME(                    \
+        char* logits, u32 batch, u32 vocab, u32 chunk, const u32* keep_t, u32 keep_w,          \
+        const u32* gbits, const u32* smask, const u32* sactive, const u32* temps,              \
+        const u32* minps, u32* sync, u32 nchunks) {                                            \
+        lp_dense_once<K>(logits, batch, vocab, chunk, keep_t, keep_w, gbits, smask, sactive,   \
+                         temps, minps, sync, nchunks);                                         \
     }
 
 LP_ENTRY(f32, 0)

@@ -12,15 +12,16 @@
 //! 2. **dense**: keep-masks (a per-row id list or bitmask, a global id mask, the step's
 //!    grammar bitmask) send every token outside their intersection to −inf, written without
 //!    reading; then temperature (`x / T`, rounded) and min-p (`x < max + ln(min_p)` → −inf,
-//!    on the tempered, rounded values; the row maximum comes from a reduction pass that runs
-//!    only when some row has min-p).
+//!    on the tempered, rounded values; the row maximum is the maximum over the row's kept,
+//!    tempered values, NaN ignored).
 //!
 //! Masks commute with the sparse effects and with temperature, so this order is the order of
 //! vLLM's sampler (allowed ids, bad words, min tokens, logit bias, penalties, temperature,
 //! min-p) for every mix of them.
 //!
 //! On the CPU the op runs in [`cpu`]; on CUDA (`cuda`, behind the `cuda` feature) as at most
-//! three launches (sparse, row maximum, dense), with no host synchronisation.
+//! two launches (sparse, dense: with min-p, one launch whose blocks exchange their chunks'
+//! maxima, so kept logits are read once), with no host synchronisation.
 
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, Tensor};
 

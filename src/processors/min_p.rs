@@ -22,8 +22,10 @@ use crate::processors::{apply_alone, builtin_basics};
 ///
 /// # State and cost
 ///
-/// One f32 per row on the device. `apply`: a reduction pass (row maximum) and a read-write
-/// pass over each row with min-p; other rows untouched.
+/// One f32 per row on the device. `apply`: the row maximum, then the cut, over each row with
+/// min-p (on CUDA one read-write pass: each block holds its chunk while the row's other chunks
+/// publish their maxima; on the CPU a reduction pass and a read-write pass); other rows
+/// untouched.
 ///
 /// # Errors
 ///
