@@ -150,6 +150,11 @@ impl OutputTokens {
         self.len() == 0
     }
 
+    /// How many times `token` occurs (O(length), under the lock).
+    pub(crate) fn occurrences(&self, token: u32) -> usize {
+        self.lock().tokens.iter().filter(|&&t| t == token).count()
+    }
+
     /// The last token, if any.
     pub fn last(&self) -> Option<u32> {
         self.lock().tokens.last().copied()

@@ -342,6 +342,11 @@ impl Pipeline {
 
     fn run(&mut self, logits: &Tensor, greedy: bool) -> Result<()> {
         self.config.check_logits(logits, self.ledger.batch_size())?;
+        for stage in &mut self.stages {
+            if let Kind::Builtin(b) = &mut stage.0 {
+                b.prepare_step()?;
+            }
+        }
         let result = self.run_stages(logits, greedy);
         for stage in &mut self.stages {
             if let Kind::Builtin(b) = &mut stage.0 {

@@ -69,6 +69,11 @@ pub(crate) trait Builtin: LogitsProcessor {
     fn batch_size(&self) -> usize;
     /// What it contributes to the step's fused pass (`None`: nothing this step).
     fn part(&self) -> Option<Part<'_>>;
+    /// Called before every apply, before [`part`](Self::part): host work the fused op needs
+    /// first (the CPU's share of a device-side update).
+    fn prepare_step(&mut self) -> crate::error::Result<()> {
+        Ok(())
+    }
     /// Called after every apply of the pipeline (a per-step input is consumed).
     fn finish_step(&mut self) {}
     /// Whether it reads output tokens; a pipeline then reads them once for all such stages.

@@ -3,7 +3,6 @@
 mod allowed_ids;
 mod bad_words;
 mod force_token;
-mod id_index;
 mod logit_bias;
 mod min_p;
 mod min_tokens;
@@ -113,6 +112,7 @@ macro_rules! apply_alone {
         fn apply(&mut self, logits: &candle_core::Tensor) -> crate::error::Result<()> {
             use crate::pipeline::stage::Builtin;
             self.config.check_logits(logits, self.ledger.batch_size())?;
+            self.prepare_step()?;
             let mut op =
                 crate::kernels::FusedOp::new(self.ledger.batch_size(), self.config.vocab_size());
             if let Some(part) = self.part() {
