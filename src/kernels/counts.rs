@@ -122,6 +122,9 @@ pub(crate) struct CountTable {
     dirty: bool,
     /// Set by the CUDA launcher once a kernel was queued that processes the log.
     sent: std::cell::Cell<bool>,
+    /// CPU processing scratch: per slot, where its entries go; the entries grouped by slot.
+    starts: Vec<u32>,
+    sorted: Vec<u32>,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     device: Device,
     #[cfg(feature = "cuda")]
@@ -158,6 +161,8 @@ impl CountTable {
             log,
             dirty: false,
             sent: std::cell::Cell::new(false),
+            starts: Vec::new(),
+            sorted: Vec::new(),
             device: device.clone(),
             #[cfg(feature = "cuda")]
             cuda,
@@ -253,30 +258,59 @@ impl CountTable {
     }
 
     /// CPU: applies the log to the tables and empties it (what the sparse kernel does on CUDA).
+    /// The entries are first grouped by slot (a counting sort), so that each slot's table is
+    /// visited once, while it is in cache.
     pub(crate) fn process_host(&mut self) {
         if self.on_cuda() || !self.dirty {
             return;
         }
         let (slots, w, width) = (self.slots, self.w, self.width());
-        for s in 0..slots {
-            if self.log[s] & RESET != 0 {
-                self.host[s * width..s * width + 1 + 2 * w].fill(0);
+        let n = self.log[slots] as usize;
+        // Per slot: the index of the first entry that counts (after its reset).
+        let first = |log: &[u32], s: usize| {
+            let h = log[s];
+            if h & RESET != 0 {
+                h & !RESET
+            } else {
+                0
+            }
+        };
+        self.starts.clear();
+        self.starts.resize(slots + 1, 0);
+        for k in 0..n {
+            let s = (self.log[slots + 1 + 2 * k] & SLOT_MASK) as usize;
+            if k as u32 >= first(&self.log, s) {
+                self.starts[s + 1] += 1;
             }
         }
-        let n = self.log[slots] as usize;
+        for s in 0..slots {
+            self.starts[s + 1] += self.starts[s];
+        }
+        self.sorted.clear();
+        self.sorted.resize(2 * self.starts[slots] as usize, 0);
         for k in 0..n {
             let (a, token) = (self.log[slots + 1 + 2 * k], self.log[slots + 2 + 2 * k]);
             let s = (a & SLOT_MASK) as usize;
-            let h = self.log[s];
-            if h & RESET != 0 && (k as u32) < h & !RESET {
+            if (k as u32) < first(&self.log, s) {
                 continue;
             }
-            apply_entry(
-                &mut self.host[s * width..(s + 1) * width],
-                w,
-                a >> 30,
-                token,
-            );
+            let at = &mut self.starts[s];
+            self.sorted[2 * *at as usize] = a >> 30;
+            self.sorted[2 * *at as usize + 1] = token;
+            *at += 1;
+        }
+        // `starts[s]` now ends slot s's run; slot s's run begins at `starts[s - 1]`.
+        let mut begin = 0usize;
+        for s in 0..slots {
+            let end = self.starts[s] as usize;
+            let row = &mut self.host[s * width..(s + 1) * width];
+            if self.log[s] & RESET != 0 {
+                row[..1 + 2 * w].fill(0);
+            }
+            for e in self.sorted[2 * begin..2 * end].chunks_exact(2) {
+                apply_entry(row, w, e[0], e[1]);
+            }
+            begin = end;
         }
         self.clear_log();
     }

@@ -116,7 +116,7 @@ struct Row {
 
 /// Processed log entries above this many (per slot of capacity, at least 4096) are processed
 /// on their own at the end of an update.
-const DRAIN_PER_SLOT: usize = 16;
+const DRAIN_PER_SLOT: usize = 64;
 
 impl Penalties {
     /// A Penalties for `config`.
