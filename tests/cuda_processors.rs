@@ -278,11 +278,17 @@ fn run_case(seed: u64, vocab: usize, cap: usize, steps: usize, only: Option<Kind
         if batch == 0 {
             continue;
         }
-        // Sometimes the step's sampled tokens go through the bulk path too.
+        // Sometimes the step's sampled tokens go through one pipeline's bulk path (the lists
+        // are shared: the other pipeline follows them through the handles).
         if rng.random_bool(0.25) {
             let sampled: Vec<u32> = (0..batch).map(|_| small(&mut rng)).collect();
-            cpu.append_sampled(&sampled).unwrap();
-            dev.append_sampled(&sampled).unwrap();
+            let (bulk, follows) = if rng.random_bool(0.5) {
+                (&mut cpu, &mut dev)
+            } else {
+                (&mut dev, &mut cpu)
+            };
+            bulk.append_sampled(&sampled).unwrap();
+            follows.update_state(None).unwrap();
             for r in rows.iter_mut() {
                 r.len += 1;
             }
@@ -423,8 +429,16 @@ fn penalty_counts_drained_between_applies_match_the_cpu() {
         for t in 0..vocab as u32 {
             let want = outs[row].to_vec().iter().filter(|&&o| o == t).count() as u32;
             if t % 7 == 0 || want > 0 {
-                assert_eq!(cpu.read_count(row, t).unwrap(), Some(want), "cpu row {row} token {t}");
-                assert_eq!(dev.read_count(row, t).unwrap(), Some(want), "cuda row {row} token {t}");
+                assert_eq!(
+                    cpu.read_count(row, t).unwrap(),
+                    Some(want),
+                    "cpu row {row} token {t}"
+                );
+                assert_eq!(
+                    dev.read_count(row, t).unwrap(),
+                    Some(want),
+                    "cuda row {row} token {t}"
+                );
             }
         }
     }
