@@ -16,6 +16,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use smallvec::SmallVec;
+
 /// The list and a version number bumped (under the lock) by every change, so that a cursor
 /// with nothing new to read checks one atomic word instead of taking the lock.
 #[derive(Debug, Default)]
@@ -64,10 +66,11 @@ impl VersionBoard {
 struct Shared {
     tokens: Vec<u32>,
     /// Per cursor: the lowest length the list was truncated to since the cursor's last sync
-    /// (`usize::MAX` when not truncated), or `None` for a free slot.
-    cursors: Vec<Option<usize>>,
+    /// (`usize::MAX` when not truncated), or `None` for a free slot. Inline for the usual one
+    /// or two cursors (no separate cache line to load).
+    cursors: SmallVec<[Option<usize>; 2]>,
     /// The board slots that mirror this list's version.
-    watchers: Vec<(Arc<VersionBoard>, u32)>,
+    watchers: SmallVec<[(Arc<VersionBoard>, u32); 1]>,
 }
 
 /// A request's generated tokens: a cheap-to-clone handle (one reference count) that the engine
@@ -222,8 +225,8 @@ impl From<Vec<u32>> for OutputTokens {
             version: AtomicU64::new(0),
             shared: Mutex::new(Shared {
                 tokens,
-                cursors: Vec::new(),
-                watchers: Vec::new(),
+                cursors: SmallVec::new(),
+                watchers: SmallVec::new(),
             }),
         }))
     }
@@ -271,25 +274,38 @@ impl OutputCursor {
         if self.seen == Some(self.shared.version.load(Ordering::Acquire)) {
             return 0;
         }
-        self.sync_and_push(None, on_change)
+        self.sync_and_push(on_change)
     }
 
-    /// Appends `token` to the list (as [`OutputTokens::push`] on any handle of it would) and
-    /// then syncs, under one lock: the changes made through other handles since the last sync
-    /// are reported first, then `token`. Returns the number of changes reported.
-    pub(crate) fn push_and_sync(
-        &mut self,
-        token: u32,
-        on_change: impl FnMut(OutputChange),
-    ) -> usize {
-        self.sync_and_push(Some(token), on_change)
+    /// Syncs into `out` under one lock, after appending `push` to the list when given (as
+    /// [`OutputTokens::push`] on any handle of it would): the rollbacks (last-first), then the
+    /// appends, `push` last. For the pipeline, whose callback only records: no scratch copy.
+    /// Returns the number of changes recorded.
+    pub(crate) fn sync_into(&mut self, push: Option<u32>, out: &mut Vec<OutputChange>) -> usize {
+        let start = out.len();
+        let shared = &self.shared;
+        let mut s = lock(&shared.shared);
+        let low = s.cursors[self.slot]
+            .replace(usize::MAX)
+            .unwrap_or(usize::MAX);
+        let kept = self.tokens.len().min(low).min(s.tokens.len());
+        while self.tokens.len() > kept {
+            let t = self.tokens.pop().expect("len > kept");
+            out.push(OutputChange::Removed(t));
+        }
+        if let Some(t) = push {
+            s.tokens.push(t);
+            shared.bump(&s);
+        }
+        let new = &s.tokens[kept..];
+        self.tokens.extend_from_slice(new);
+        out.extend(new.iter().map(|&t| OutputChange::Appended(t)));
+        // Stable while the lock is held: writers bump it under the lock.
+        self.seen = Some(shared.version.load(Ordering::Relaxed));
+        out.len() - start
     }
 
-    fn sync_and_push(
-        &mut self,
-        push: Option<u32>,
-        mut on_change: impl FnMut(OutputChange),
-    ) -> usize {
+    fn sync_and_push(&mut self, mut on_change: impl FnMut(OutputChange)) -> usize {
         self.scratch.clear();
         let kept = {
             let mut s = lock(&self.shared.shared);
@@ -298,11 +314,6 @@ impl OutputCursor {
                 .unwrap_or(usize::MAX);
             let kept = self.tokens.len().min(low).min(s.tokens.len());
             self.scratch.extend_from_slice(&s.tokens[kept..]);
-            if let Some(t) = push {
-                s.tokens.push(t);
-                self.scratch.push(t);
-                self.shared.bump(&s);
-            }
             // Stable while the lock is held: writers bump it under the lock.
             self.seen = Some(self.shared.version.load(Ordering::Relaxed));
             kept
@@ -317,6 +328,11 @@ impl OutputCursor {
             on_change(OutputChange::Appended(t));
         }
         removed + self.scratch.len()
+    }
+
+    /// Whether the list changed since the last sync (one atomic load).
+    pub(crate) fn stale(&self) -> bool {
+        self.seen != Some(self.shared.version.load(Ordering::Acquire))
     }
 
     /// Loads the words a sync will read first (the list's version, the cursor's last token),
@@ -425,11 +441,9 @@ impl StepOutputs {
         let start = self.changes.len();
         let len = match cursor {
             Some(c) => {
-                let changes = &mut self.changes;
-                match token {
-                    Some(t) => c.push_and_sync(t, |ch| changes.push(ch)),
-                    None => c.sync(|ch| changes.push(ch)),
-                };
+                if token.is_some() || c.stale() {
+                    c.sync_into(token, &mut self.changes);
+                }
                 c.len()
             }
             None => 0,
@@ -469,6 +483,13 @@ impl StepOutputs {
     pub(crate) fn len(&self, row: usize) -> Option<usize> {
         self.entry(row).map(|e| e.len)
     }
+}
+
+/// Each row's output as a pipeline follows it (its cursor's copy, as of this step's changes):
+/// for processors that read the output's tail without keeping their own copy.
+pub(crate) trait RowTokens {
+    /// The output of the request at `row` (empty for a row without one).
+    fn tokens(&self, row: usize) -> &[u32];
 }
 
 /// Calls `f` for row `row`'s output changes of this step: from the pipeline's `fed` changes, or

@@ -91,6 +91,18 @@ struct RowOutput {
     cursor: Option<OutputCursor>,
 }
 
+/// The rows' outputs as the pipeline's cursors hold them.
+struct Lists<'a>(&'a RowLedger<RowOutput>);
+
+impl crate::output::RowTokens for Lists<'_> {
+    fn tokens(&self, row: usize) -> &[u32] {
+        self.0
+            .get(row)
+            .and_then(|r| r.cursor.as_ref())
+            .map_or(&[][..], |c| c.tokens())
+    }
+}
+
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
@@ -333,9 +345,9 @@ impl Pipeline {
                 }
             }
         }
-        let outputs = &self.outputs;
+        let (outputs, lists) = (&self.outputs, &Lists(&self.ledger));
         self.stages.iter_mut().try_for_each(|s| match &mut s.0 {
-            Kind::Builtin(b) => b.update_fed(update, outputs),
+            Kind::Builtin(b) => b.update_fed(update, outputs, lists),
             Kind::Custom(c) => c.update_state(update),
         })
     }

@@ -83,11 +83,13 @@ pub(crate) trait Builtin: LogitsProcessor {
     /// From now on the output changes come from [`update_fed`](Self::update_fed) (a pipeline
     /// reads them); the processor opens no cursors of its own.
     fn set_fed(&mut self) {}
-    /// `update_state` with this step's output changes, read by the pipeline for every row.
+    /// `update_state` with this step's output changes, read by the pipeline for every row, and
+    /// the rows' outputs as the pipeline follows them.
     fn update_fed(
         &mut self,
         update: Option<&crate::batch::BatchUpdate>,
         _outputs: &crate::output::StepOutputs,
+        _lists: &dyn crate::output::RowTokens,
     ) -> crate::error::Result<()> {
         self.update_state(update)
     }

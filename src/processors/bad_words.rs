@@ -5,7 +5,7 @@ use crate::config::ProcessorConfig;
 use crate::error::{ParamsError, Result};
 use crate::kernels::table::RowTable;
 use crate::ledger::RowLedger;
-use crate::output::{for_changes, OutputChange, OutputCursor, StepOutputs};
+use crate::output::{OutputCursor, RowTokens, StepOutputs};
 use crate::params::RequestParams;
 use crate::pipeline::stage::{Builtin, Part};
 use crate::processor::LogitsProcessor;
@@ -17,15 +17,18 @@ const PARAM: &str = "bad_words_token_ids";
 /// ([`RequestParams::bad_words_token_ids`]): when a request's output ends with all but the last
 /// token of a sequence, that last token is −inf; a one-token sequence is always banned.
 ///
-/// The output is followed through an [`OutputCursor`](crate::OutputCursor), so appends and
-/// rollbacks are seen at every `update_state` (call it every step, with `None` when the batch
+/// The output is followed through an [`OutputCursor`](crate::OutputCursor) (in a pipeline, the
+/// pipeline's, shared with the other stages: no copy of its own), so appends and rollbacks are
+/// seen at every `update_state` (call it every step, with `None` when the batch
 /// did not change).
 ///
 /// # State and cost
 ///
-/// A per-row ban list on the device. `update_state`: for each request with multi-token
-/// sequences, its new output tokens plus one comparison per sequence of the output's tail
-/// (O(sequence length)); a device write only when the banned set changes. `apply`: writes −inf
+/// A per-row ban list on the device; no copy of the output (the cursor's is read).
+/// `update_state`: for each request with multi-token sequences whose output changed, one
+/// lookup of its last token among the sequences' prefix ends and, when it is one, one
+/// comparison per sequence of the output's tail (O(sequence length)); a device write only when
+/// the banned set changes. `apply`: writes −inf
 /// over the banned ids only.
 ///
 /// # Errors
@@ -80,10 +83,8 @@ struct Row {
     /// The last token of each longer sequence's prefix (sorted, distinct): an output whose
     /// last token is not among them matches no longer sequence.
     prefix_ends: Vec<u32>,
-    /// The request's output (standalone only).
+    /// The request's output (standalone only; in a pipeline the pipeline's copy is read).
     cursor: Option<OutputCursor>,
-    /// The output as of this step, when the request has longer sequences.
-    output: Vec<u32>,
     /// The banned set written to the table (sorted).
     banned: Vec<u32>,
 }
@@ -153,7 +154,7 @@ impl LogitsProcessor for BadWords {
     }
 
     fn update_state(&mut self, update: Option<&BatchUpdate>) -> Result<()> {
-        self.update(update, None)
+        self.update(update, None, None)
     }
 
     apply_alone!();
@@ -164,7 +165,12 @@ impl LogitsProcessor for BadWords {
 }
 
 impl BadWords {
-    fn update(&mut self, update: Option<&BatchUpdate>, fed: Option<&StepOutputs>) -> Result<()> {
+    fn update(
+        &mut self,
+        update: Option<&BatchUpdate>,
+        fed: Option<&StepOutputs>,
+        lists: Option<&dyn RowTokens>,
+    ) -> Result<()> {
         let (config, own) = (&self.config, !self.fed);
         self.ledger.apply(update, |a| {
             check(config, &a.params)?;
@@ -180,7 +186,6 @@ impl BadWords {
                 prefix_ends: sorted_set(&ends),
                 cursor: (own && !words.is_empty()).then(|| a.output_token_ids.cursor()),
                 words,
-                output: Vec::new(),
                 banned: Vec::new(),
             }))
         })?;
@@ -188,16 +193,6 @@ impl BadWords {
             self.marks[row] = true;
         }
         let batch = self.ledger.batch_size();
-        if let Some(o) = fed {
-            // Warm the outputs of the changed rows first: their loads overlap.
-            let mut acc = 0u32;
-            for row in o.rows() {
-                if let Some(r) = self.ledger.get(row) {
-                    acc ^= r.output.last().copied().unwrap_or(0);
-                }
-            }
-            std::hint::black_box(acc);
-        }
         let (table, scratch, marks) = (&mut self.table, &mut self.scratch, &mut self.marks);
         let mut result = Ok(());
         let mut step = |row: usize, state: Option<&mut Row>, touched: bool| {
@@ -208,35 +203,45 @@ impl BadWords {
                 }
                 return;
             };
-            let mut changed = 0;
-            if !r.words.is_empty() {
-                let output = &mut r.output;
-                changed = for_changes(fed, row, r.cursor.as_mut(), |c| match c {
-                    OutputChange::Appended(t) => output.push(t),
-                    OutputChange::Removed(_) => {
-                        output.pop();
+            let Row {
+                singles,
+                words,
+                prefix_ends,
+                cursor,
+                banned: row_banned,
+            } = r;
+            // The output (with the number of changes this step), when a longer sequence may
+            // match it.
+            let (changed, output): (usize, &[u32]) = if words.is_empty() {
+                (0, &[])
+            } else {
+                match (fed, lists, cursor.as_mut()) {
+                    (Some(o), Some(l), _) => (o.row(row).len(), l.tokens(row)),
+                    (_, _, Some(c)) => {
+                        let n = c.sync(|_| {});
+                        (n, c.tokens())
                     }
-                });
-            }
+                    _ => (0, &[]),
+                }
+            };
             if !touched && changed == 0 {
                 return;
             }
             // Fast path: no longer sequence can match and none did before.
-            let may_match = r
-                .output
+            let may_match = output
                 .last()
-                .is_some_and(|t| r.prefix_ends.binary_search(t).is_ok());
-            if !touched && !may_match && r.banned.len() == r.singles.len() {
+                .is_some_and(|t| prefix_ends.binary_search(t).is_ok());
+            if !touched && !may_match && row_banned.len() == singles.len() {
                 return;
             }
-            let matched = banned(&r.singles, &r.words, &r.output, scratch);
-            if !touched && !matched && r.banned.len() == r.singles.len() {
+            let matched = banned(singles, words, output, scratch);
+            if !touched && !matched && row_banned.len() == singles.len() {
                 return; // still just the one-token sequences
             }
-            if touched || *scratch != r.banned {
-                std::mem::swap(scratch, &mut r.banned);
+            if touched || *scratch != *row_banned {
+                std::mem::swap(scratch, row_banned);
                 result = std::mem::replace(&mut result, Ok(()))
-                    .and(write_list(table, row, 1, &r.banned));
+                    .and(write_list(table, row, 1, row_banned));
             }
         };
         crate::processors::visit_step_rows(&mut self.ledger, fed, marks, batch, &mut step);
@@ -262,8 +267,13 @@ impl Builtin for BadWords {
         self.fed = true;
     }
 
-    fn update_fed(&mut self, update: Option<&BatchUpdate>, outputs: &StepOutputs) -> Result<()> {
-        self.update(update, Some(outputs))
+    fn update_fed(
+        &mut self,
+        update: Option<&BatchUpdate>,
+        outputs: &StepOutputs,
+        lists: &dyn RowTokens,
+    ) -> Result<()> {
+        self.update(update, Some(outputs), Some(lists))
     }
 
     fn part(&self) -> Option<Part<'_>> {

@@ -218,7 +218,12 @@ impl Builtin for MinTokens {
         self.fed = true;
     }
 
-    fn update_fed(&mut self, update: Option<&BatchUpdate>, outputs: &StepOutputs) -> Result<()> {
+    fn update_fed(
+        &mut self,
+        update: Option<&BatchUpdate>,
+        outputs: &StepOutputs,
+        _lists: &dyn crate::output::RowTokens,
+    ) -> Result<()> {
         self.update(update, Some(outputs))
     }
 

@@ -387,7 +387,12 @@ impl Builtin for Penalties {
         self.fed = true;
     }
 
-    fn update_fed(&mut self, update: Option<&BatchUpdate>, outputs: &StepOutputs) -> Result<()> {
+    fn update_fed(
+        &mut self,
+        update: Option<&BatchUpdate>,
+        outputs: &StepOutputs,
+        _lists: &dyn crate::output::RowTokens,
+    ) -> Result<()> {
         self.update(update, Some(outputs))
     }
 
