@@ -297,9 +297,11 @@ impl OutputCursor {
             s.tokens.push(t);
             shared.bump(&s);
         }
-        let new = &s.tokens[kept..];
-        self.tokens.extend_from_slice(new);
-        out.extend(new.iter().map(|&t| OutputChange::Appended(t)));
+        // Usually one token: plain pushes (no call to copy a few bytes).
+        for &t in &s.tokens[kept..] {
+            self.tokens.push(t);
+            out.push(OutputChange::Appended(t));
+        }
         // Stable while the lock is held: writers bump it under the lock.
         self.seen = Some(shared.version.load(Ordering::Relaxed));
         out.len() - start
@@ -458,6 +460,14 @@ impl StepOutputs {
                 len,
             });
         }
+    }
+
+    /// The rows with an entry, in the order pushed, each with its output length after the
+    /// changes and the changes (one pass over the entries, no lookup per row).
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (usize, usize, &[OutputChange])> + '_ {
+        self.rows
+            .iter()
+            .map(|e| (e.row, e.len, &self.changes[e.start..e.end]))
     }
 
     /// The rows with an entry (changed or touched), in the order pushed.

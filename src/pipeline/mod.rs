@@ -316,27 +316,37 @@ impl Pipeline {
                     self.outputs.push_row(row, cursor, token(row), true);
                 }
             }
-            self.changed.clear();
-            for (row, r) in self.ledger.rows() {
-                let Some(c) = r.and_then(|r| r.cursor.as_ref()) else {
-                    continue;
-                };
-                if !self.outputs.has(row) && (sampled.is_some() || !c.unchanged()) {
-                    self.changed.push(row);
+            if let Some(tokens) = sampled {
+                // Every row changes: one pass, in row order.
+                for (row, &t) in tokens.iter().enumerate().take(batch) {
+                    if !self.outputs.has(row) {
+                        let cursor = self.ledger.get_mut(row).and_then(|r| r.cursor.as_mut());
+                        self.outputs.push_row(row, cursor, Some(t), false);
+                    }
                 }
-            }
-            // Warm the changed rows' lists and cursors first: the loads overlap instead of
-            // missing one row after another (the lists are scattered over the heap).
-            let mut acc = 0u64;
-            for &row in &self.changed {
-                if let Some(c) = self.ledger.get(row).and_then(|r| r.cursor.as_ref()) {
-                    acc ^= c.warm();
+            } else {
+                self.changed.clear();
+                for (row, r) in self.ledger.rows() {
+                    let Some(c) = r.and_then(|r| r.cursor.as_ref()) else {
+                        continue;
+                    };
+                    if !self.outputs.has(row) && !c.unchanged() {
+                        self.changed.push(row);
+                    }
                 }
-            }
-            std::hint::black_box(acc);
-            for &row in &self.changed {
-                let cursor = self.ledger.get_mut(row).and_then(|r| r.cursor.as_mut());
-                self.outputs.push_row(row, cursor, token(row), false);
+                // Warm the changed rows' lists and cursors first: the loads overlap instead of
+                // missing one row after another (the lists are scattered over the heap).
+                let mut acc = 0u64;
+                for &row in &self.changed {
+                    if let Some(c) = self.ledger.get(row).and_then(|r| r.cursor.as_ref()) {
+                        acc ^= c.warm();
+                    }
+                }
+                std::hint::black_box(acc);
+                for &row in &self.changed {
+                    let cursor = self.ledger.get_mut(row).and_then(|r| r.cursor.as_mut());
+                    self.outputs.push_row(row, cursor, None, false);
+                }
             }
         } else if sampled.is_some() {
             for (row, r) in self.ledger.rows() {

@@ -81,8 +81,9 @@ struct Row {
     /// Longer sequences.
     words: Vec<Vec<u32>>,
     /// The last token of each longer sequence's prefix (sorted, distinct): an output whose
-    /// last token is not among them matches no longer sequence.
-    prefix_ends: Vec<u32>,
+    /// last token is not among them matches no longer sequence. Inline for a few sequences:
+    /// the step's check reads no other cache line.
+    prefix_ends: smallvec::SmallVec<[u32; 6]>,
     /// The request's output (standalone only; in a pipeline the pipeline's copy is read).
     cursor: Option<OutputCursor>,
     /// The banned set written to the table (sorted).
@@ -183,7 +184,7 @@ impl BadWords {
             let ends: Vec<u32> = words.iter().map(|w| w[w.len() - 2]).collect();
             Ok(Some(Row {
                 singles: sorted_set(&singles),
-                prefix_ends: sorted_set(&ends),
+                prefix_ends: sorted_set(&ends).into_iter().collect(),
                 cursor: (own && !words.is_empty()).then(|| a.output_token_ids.cursor()),
                 words,
                 banned: Vec::new(),

@@ -95,6 +95,8 @@ pub struct Penalties {
     free: Vec<u32>,
     /// Per slot: an upper bound of the distinct tokens in its table.
     bound: Vec<u32>,
+    /// Per row: the slot of its request (`NO_SLOT` for none), for the rows of the batch.
+    slot_of: Vec<u32>,
     /// Scratch of an update: the slots held by the rows it names, and a stamp per slot.
     was: Vec<u32>,
     stamp: Vec<u32>,
@@ -135,6 +137,7 @@ impl Penalties {
             fed: false,
             free: (0..rows as u32).rev().collect(),
             bound: vec![0; rows],
+            slot_of: vec![NO_SLOT; rows],
             was: Vec::new(),
             stamp: vec![0; rows],
             epoch: 0,
@@ -327,38 +330,68 @@ impl Penalties {
         }
         let batch = self.ledger.batch_size();
         let (counts, params_t, bound) = (&mut self.counts, &mut self.params, &mut self.bound);
+        let slot_of = &mut self.slot_of;
+        let mut log = |s: usize, c: OutputChange, grow: &mut usize| {
+            let (kind, t) = match c {
+                OutputChange::Appended(t) => (ADD, t),
+                OutputChange::Removed(t) => (SUB, t),
+            };
+            if t as usize >= vocab {
+                return;
+            }
+            counts.log(s, kind, t);
+            if kind == ADD {
+                bound[s] += 1;
+                if bound[s] as usize > half {
+                    *grow = (*grow).max(bound[s] as usize);
+                }
+            }
+        };
         let mut step = |row: usize, state: Option<&mut Row>, touched: bool| {
             let Some(r) = state else {
                 if touched {
+                    slot_of[row] = NO_SLOT;
                     write_params(params_t, row, [1.0, 0.0, 0.0], NO_SLOT);
                 }
                 return;
             };
             let s = r.slot as usize;
-            for_changes(fed, row, r.cursor.as_mut(), |c| {
-                let (kind, t) = match c {
-                    OutputChange::Appended(t) => (ADD, t),
-                    OutputChange::Removed(t) => (SUB, t),
-                };
-                if t as usize >= vocab {
-                    return;
-                }
-                counts.log(s, kind, t);
-                if kind == ADD {
-                    bound[s] += 1;
-                    if bound[s] as usize > half {
-                        grow = grow.max(bound[s] as usize);
-                    }
-                }
-            });
+            for_changes(fed, row, r.cursor.as_mut(), |c| log(s, c, &mut grow));
             if touched {
+                slot_of[row] = r.slot;
                 write_params(params_t, row, r.params, r.slot);
             }
         };
-        crate::processors::visit_step_rows(&mut self.ledger, fed, &self.marks, batch, &mut step);
+        match fed {
+            Some(o) => {
+                // Touched rows through the ledger; the others from the flat slot array.
+                for i in 0..self.ledger.touched().len() {
+                    let row = self.ledger.touched()[i];
+                    if row < batch {
+                        step(row, self.ledger.get_mut(row), true);
+                    }
+                }
+                drop(step);
+                for (row, _, changes) in o.entries() {
+                    let s = self.slot_of[row];
+                    if self.marks[row] || s == NO_SLOT {
+                        continue;
+                    }
+                    for &c in changes {
+                        log(s as usize, c, &mut grow);
+                    }
+                }
+            }
+            None => {
+                for (row, state) in self.ledger.rows_mut() {
+                    step(row, state, self.marks[row]);
+                }
+            }
+        }
         // Rows past the batch that an update emptied.
         for &row in self.ledger.touched() {
             if std::mem::take(&mut self.marks[row]) && row >= batch {
+                self.slot_of[row] = NO_SLOT;
                 write_params(&mut self.params, row, [1.0, 0.0, 0.0], NO_SLOT);
             }
         }
