@@ -371,7 +371,6 @@ impl Penalties {
                         step(row, self.ledger.get_mut(row), true);
                     }
                 }
-                drop(step);
                 for (row, _, changes) in o.entries() {
                     let s = self.slot_of[row];
                     if self.marks[row] || s == NO_SLOT {
