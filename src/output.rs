@@ -492,11 +492,6 @@ impl StepOutputs {
             .map(|e| (e.row, e.len, &self.changes[e.start..e.end]))
     }
 
-    /// The rows with an entry (changed or touched), in the order pushed.
-    pub(crate) fn rows(&self) -> impl Iterator<Item = usize> + '_ {
-        self.rows.iter().map(|e| e.row)
-    }
-
     fn entry(&self, row: usize) -> Option<&RowEntry> {
         match self.at.get(row) {
             Some(&i) if i != NONE => Some(&self.rows[i as usize]),

@@ -5,7 +5,7 @@ use crate::config::ProcessorConfig;
 use crate::error::{ParamsError, Result};
 use crate::kernels::table::RowTable;
 use crate::ledger::RowLedger;
-use crate::output::{OutputCursor, RowTokens, StepOutputs};
+use crate::output::{OutputChange, OutputCursor, RowTokens, StepOutputs};
 use crate::params::RequestParams;
 use crate::pipeline::stage::{Builtin, Part};
 use crate::processor::LogitsProcessor;
@@ -70,6 +70,11 @@ pub struct BadWords {
     scratch: Vec<u32>,
     /// Rows touched by the current update (reused).
     marks: Vec<bool>,
+    /// Per row of the batch: a 64-bit filter of its sequences' prefix ends (bit `t % 64`; 0 for
+    /// a row without longer sequences), and whether a longer sequence matched last time: a step
+    /// skips a row whose new last token is not in the filter without reading its state.
+    ends: Vec<u64>,
+    matched: Vec<bool>,
     /// In a pipeline: output changes come from the pipeline.
     fed: bool,
 }
@@ -103,6 +108,8 @@ impl BadWords {
             table: RowTable::new(config.max_batch_size(), 1 + 4, 0, config.device())?,
             scratch: Vec::new(),
             marks: vec![false; config.max_batch_size()],
+            ends: vec![0; config.max_batch_size()],
+            matched: vec![false; config.max_batch_size()],
             fed: false,
         })
     }
@@ -194,15 +201,16 @@ impl BadWords {
             self.marks[row] = true;
         }
         let batch = self.ledger.batch_size();
-        let (table, scratch, marks) = (&mut self.table, &mut self.scratch, &mut self.marks);
+        let (table, scratch) = (&mut self.table, &mut self.scratch);
         let mut result = Ok(());
-        let mut step = |row: usize, state: Option<&mut Row>, touched: bool| {
+        // Returns the row's filter of prefix ends and whether a longer sequence matches now.
+        let mut step = |row: usize, state: Option<&mut Row>, touched: bool| -> (u64, bool) {
             let Some(r) = state else {
                 if touched {
                     result =
                         std::mem::replace(&mut result, Ok(())).and(write_list(table, row, 1, &[]));
                 }
-                return;
+                return (0, false);
             };
             let Row {
                 singles,
@@ -211,6 +219,7 @@ impl BadWords {
                 cursor,
                 banned: row_banned,
             } = r;
+            let filter = prefix_ends.iter().fold(0u64, |b, &t| b | 1 << (t % 64));
             // The output (with the number of changes this step), when a longer sequence may
             // match it.
             let (changed, output): (usize, &[u32]) = if words.is_empty() {
@@ -225,30 +234,61 @@ impl BadWords {
                     _ => (0, &[]),
                 }
             };
+            let was = row_banned.len() != singles.len();
             if !touched && changed == 0 {
-                return;
+                return (filter, was);
             }
             // Fast path: no longer sequence can match and none did before.
             let may_match = output
                 .last()
                 .is_some_and(|t| prefix_ends.binary_search(t).is_ok());
-            if !touched && !may_match && row_banned.len() == singles.len() {
-                return;
+            if !touched && !may_match && !was {
+                return (filter, false);
             }
             let matched = banned(singles, words, output, scratch);
-            if !touched && !matched && row_banned.len() == singles.len() {
-                return; // still just the one-token sequences
+            if !touched && !matched && !was {
+                return (filter, false); // still just the one-token sequences
             }
             if touched || *scratch != *row_banned {
                 std::mem::swap(scratch, row_banned);
                 result = std::mem::replace(&mut result, Ok(()))
                     .and(write_list(table, row, 1, row_banned));
             }
+            (filter, matched)
         };
-        crate::processors::visit_step_rows(&mut self.ledger, fed, marks, batch, &mut step);
+        let (ends, matched, marks) = (&mut self.ends, &mut self.matched, &mut self.marks);
+        match fed {
+            Some(o) => {
+                for i in 0..self.ledger.touched().len() {
+                    let row = self.ledger.touched()[i];
+                    if row < batch {
+                        (ends[row], matched[row]) = step(row, self.ledger.get_mut(row), true);
+                    }
+                }
+                for (row, _, changes) in o.entries() {
+                    if marks[row] || ends[row] == 0 {
+                        continue;
+                    }
+                    // The new last token, when the step ends with an append: a row whose last
+                    // token ends no prefix and that matched nothing before needs no visit.
+                    if let Some(OutputChange::Appended(t)) = changes.last() {
+                        if ends[row] >> (t % 64) & 1 == 0 && !matched[row] {
+                            continue;
+                        }
+                    }
+                    (ends[row], matched[row]) = step(row, self.ledger.get_mut(row), false);
+                }
+            }
+            None => {
+                for (row, state) in self.ledger.rows_mut() {
+                    (ends[row], matched[row]) = step(row, state, marks[row]);
+                }
+            }
+        }
         // Rows past the batch that an update emptied.
         for &row in self.ledger.touched() {
             if std::mem::take(&mut marks[row]) && row >= batch {
+                (ends[row], matched[row]) = (0, false);
                 result = result.and(write_list(table, row, 1, &[]));
             }
         }

@@ -21,8 +21,6 @@ pub use temperature::Temperature;
 pub use token_bitmask::TokenBitmask;
 
 use crate::kernels::table::RowTable;
-use crate::ledger::RowLedger;
-use crate::output::StepOutputs;
 
 /// Above this many words a row is rewritten as one span rather than word by word.
 const SPAN_WORDS: usize = 64;
@@ -48,39 +46,6 @@ pub(crate) fn write_list(
         table.set(row, 0, n);
     }
     Ok(())
-}
-
-/// Calls `step(row, state, touched)` on the rows a step must revisit, `touched` meaning that the
-/// update changed the row's request. Fed by the pipeline (`fed`): the touched rows inside the
-/// batch, then the rows whose output changed and that the update did not touch. Alone: every row,
-/// touched where `marks[row]`. Cost: O(touched + changed rows) fed, O(capacity) alone.
-pub(crate) fn visit_step_rows<T>(
-    ledger: &mut RowLedger<T>,
-    fed: Option<&StepOutputs>,
-    marks: &[bool],
-    batch: usize,
-    step: &mut impl FnMut(usize, Option<&mut T>, bool),
-) {
-    match fed {
-        Some(o) => {
-            for i in 0..ledger.touched().len() {
-                let row = ledger.touched()[i];
-                if row < batch {
-                    step(row, ledger.get_mut(row), true);
-                }
-            }
-            for row in o.rows() {
-                if !marks[row] {
-                    step(row, ledger.get_mut(row), false);
-                }
-            }
-        }
-        None => {
-            for (row, state) in ledger.rows_mut() {
-                step(row, state, marks[row]);
-            }
-        }
-    }
 }
 
 /// Sorted, distinct copy of `ids`.
