@@ -167,8 +167,35 @@ impl Penalties {
     ///
     /// # Errors
     ///
-    /// A device error. On CUDA this copies the row's table to the host and **synchronises**:
-    /// for tests and inspection, not for the decode loop.
+    /// A device error.
+    ///
+    /// # Cost
+    ///
+    /// Processes the pending log (O(entries)) and looks the token up. On CUDA: one launch, one
+    /// copy of the row's table to the host and a **synchronisation** — for tests and
+    /// inspection, not for the decode loop.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use logits_processors::*;
+    ///
+    /// let config = ProcessorConfig::builder().max_batch_size(1).vocab_size(8).build()?;
+    /// let mut pen = Penalties::new(&config)?;
+    /// let out = OutputTokens::new();
+    /// let mut b = BatchUpdateBuilder::new();
+    /// b.add(0, Arc::new(RequestParams::new().with_frequency_penalty(0.5)))
+    ///     .with_output_tokens(out.clone());
+    /// pen.update_state(b.build(1))?;
+    /// out.extend(&[3, 3, 5]);
+    /// out.truncate(2); // speculative decoding rejected the 5
+    /// pen.update_state(None)?;
+    /// assert_eq!(pen.read_count(0, 3)?, Some(2));
+    /// assert_eq!(pen.read_count(0, 5)?, Some(0));
+    /// assert_eq!(pen.output_count(0, 3), Some(2)); // the same, counted in the list
+    /// # Ok::<(), logits_processors::Error>(())
+    /// ```
     pub fn read_count(&mut self, row: usize, token: u32) -> Result<Option<u32>> {
         let Some(r) = self.ledger.get(row) else {
             return Ok(None);
