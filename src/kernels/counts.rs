@@ -121,7 +121,7 @@ pub(crate) struct CountTable {
     /// Whether the log holds anything (an entry or a reset).
     dirty: bool,
     /// Set by the CUDA launcher once a kernel was queued that processes the log.
-    sent: std::cell::Cell<bool>,
+    sent: std::sync::atomic::AtomicBool,
     /// CPU processing scratch: per slot, where its entries go; the entries grouped by slot.
     starts: Vec<u32>,
     sorted: Vec<u32>,
@@ -160,7 +160,7 @@ impl CountTable {
             host,
             log,
             dirty: false,
-            sent: std::cell::Cell::new(false),
+            sent: std::sync::atomic::AtomicBool::new(false),
             starts: Vec::new(),
             sorted: Vec::new(),
             device: device.clone(),
@@ -228,12 +228,12 @@ impl CountTable {
     /// Records that a kernel that processes the log was queued (CUDA).
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn mark_sent(&self) {
-        self.sent.set(true);
+        self.sent.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Forgets the log if a kernel was queued that processes it.
     pub(crate) fn finish_step(&mut self) {
-        if self.sent.replace(false) {
+        if self.sent.swap(false, std::sync::atomic::Ordering::Relaxed) {
             self.clear_log();
         }
     }

@@ -81,17 +81,41 @@ thread_local! {
     static KEEP: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Below this many logits in the batch, rows run on the calling thread: splitting the work
+/// would cost more than it saves (a row of a 150k vocabulary is tens of microseconds).
+const PARALLEL_MIN_LOGITS: usize = 1 << 17;
+
 /// Applies `op` to the contiguous `[batch, vocab]` logits; `mask` holds the step's bitmask
 /// when it was given as a tensor.
-pub(crate) fn run<E: Logit>(op: &FusedOp<'_>, logits: &mut [E], mask: Option<&[u32]>) {
-    let words = op.vocab.div_ceil(32);
+///
+/// Rows are independent, so a batch of at least two rows and [`PARALLEL_MIN_LOGITS`] logits
+/// is split over rayon's current pool (the global one, sized by `RAYON_NUM_THREADS`, or the
+/// pool the caller runs in); each row's result is the same bits whichever thread runs it.
+pub(crate) fn run<E: Logit + Send>(op: &FusedOp<'_>, logits: &mut [E], mask: Option<&[u32]>) {
+    let rows = logits.chunks_exact_mut(op.vocab).take(op.batch);
+    let parallel = op.batch >= 2
+        && op.batch * op.vocab >= PARALLEL_MIN_LOGITS
+        && rayon::current_num_threads() > 1;
+    if parallel {
+        use rayon::prelude::*;
+        let len = (op.batch * op.vocab).min(logits.len() / op.vocab * op.vocab);
+        logits[..len]
+            .par_chunks_exact_mut(op.vocab)
+            .enumerate()
+            .for_each(|(r, row)| run_row(op, r, row, mask));
+    } else {
+        rows.enumerate()
+            .for_each(|(r, row)| run_row(op, r, row, mask));
+    }
+}
+
+/// One row of the op, with this thread's reused keep mask (no allocation in steady state).
+fn run_row<E: Logit>(op: &FusedOp<'_>, r: usize, row: &mut [E], mask: Option<&[u32]>) {
     KEEP.with(|keep| {
         let mut keep = keep.borrow_mut();
-        keep.resize(words, 0);
-        for (r, row) in logits.chunks_exact_mut(op.vocab).take(op.batch).enumerate() {
-            sparse(op, r, row);
-            dense(op, r, row, &mut keep, mask);
-        }
+        keep.resize(op.vocab.div_ceil(32), 0);
+        sparse(op, r, row);
+        dense(op, r, row, &mut keep, mask);
     });
 }
 
