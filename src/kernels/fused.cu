@@ -31,6 +31,8 @@ typedef unsigned long long u64;
 #define LP_KEEP_BITMASK 0xffffffffu
 #define LP_IN_PROMPT 0x80000000u
 #define LP_NEG_INF __int_as_float(0xff800000)
+// 16-byte groups a thread of `lp_dense` pass 1 loads before it stores the first.
+#define LP_BATCH 4u
 
 __device__ __forceinline__ float lp_f16_to_f32(u16 h) {
     float f;
@@ -391,26 +393,40 @@ __device__ __forceinline__ void lp_dense(
         const float thr = r.has_min_p ? thr_s : LP_NEG_INF;
         const u32 neg_raw = E::to_raw(LP_NEG_INF);
 
-        for (u32 v = tid; v < s.nvec; v += nt) {
-            const u32 off = s.head + v * VEC;
-            const u32 bits = lp_keep_bits(keep, off, VEC);
-            char* p = s.body + (size_t)v * 16u;
-            if (bits == 0u) {
-                lp_store16(p, E::NEG_INF_WORD);
-            } else if (bits != full || values) {
-                LpVec q = lp_load_vec(p);
+        // LP_BATCH groups per thread at a time: their loads are all in flight before the
+        // first store.
+        for (u32 v0 = tid; v0 < s.nvec; v0 += LP_BATCH * nt) {
+            LpVec q[LP_BATCH];
+            u32 bits[LP_BATCH];
 #pragma unroll
-                for (u32 e = 0; e < VEC; ++e) {
-                    if (!((bits >> e) & 1u)) {
-                        lp_vec_set<E::ES>(q, e, neg_raw);
-                    } else if (values) {
-                        const float x = E::from_raw(lp_vec_get<E::ES>(q, e));
-                        const float y = temp != 1.0f ? E::round(__fdiv_rn(x, temp)) : x;
-                        if (y < thr) lp_vec_set<E::ES>(q, e, neg_raw);
-                        else if (temp != 1.0f) lp_vec_set<E::ES>(q, e, E::to_raw(y));
-                    }
+            for (u32 j = 0; j < LP_BATCH; ++j) {
+                const u32 v = v0 + j * nt;
+                bits[j] = v < s.nvec ? lp_keep_bits(keep, s.head + v * VEC, VEC) : 0u;
+                if (v < s.nvec && bits[j] != 0u && (bits[j] != full || values)) {
+                    q[j] = lp_load_vec(s.body + (size_t)v * 16u);
                 }
-                lp_store_vec(p, q);
+            }
+#pragma unroll
+            for (u32 j = 0; j < LP_BATCH; ++j) {
+                const u32 v = v0 + j * nt;
+                if (v >= s.nvec) break;
+                char* p = s.body + (size_t)v * 16u;
+                if (bits[j] == 0u) {
+                    lp_store16(p, E::NEG_INF_WORD);
+                } else if (bits[j] != full || values) {
+#pragma unroll
+                    for (u32 e = 0; e < VEC; ++e) {
+                        if (!((bits[j] >> e) & 1u)) {
+                            lp_vec_set<E::ES>(q[j], e, neg_raw);
+                        } else if (values) {
+                            const float x = E::from_raw(lp_vec_get<E::ES>(q[j], e));
+                            const float y = temp != 1.0f ? E::round(__fdiv_rn(x, temp)) : x;
+                            if (y < thr) lp_vec_set<E::ES>(q[j], e, neg_raw);
+                            else if (temp != 1.0f) lp_vec_set<E::ES>(q[j], e, E::to_raw(y));
+                        }
+                    }
+                    lp_store_vec(p, q[j]);
+                }
             }
         }
         for (u32 i = tid; i < s.head + s.tail; i += nt) {
@@ -734,6 +750,166 @@ __device__ __forceinline__ void lp_dense_once(
     }
 }
 
+// ------------------------------------------------------------------------------------------
+// Thread-block clusters (sm_90 and later).
+
+#if __CUDA_ARCH__ >= 900
+// The block's rank in its cluster.
+__device__ __forceinline__ u32 lp_cluster_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+
+// Every thread of every block of the cluster arrives (its shared-memory writes released),
+// then waits (acquiring the others').
+__device__ __forceinline__ void lp_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// The float at `p` (this block's shared memory) in the shared memory of block `rank` of the
+// cluster.
+__device__ __forceinline__ float lp_cluster_load(const float* p, u32 rank) {
+    const u32 a = (u32)__cvta_generic_to_shared(p);
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(a), "r"(rank));
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+
+#endif
+
+extern __shared__ __align__(16) unsigned char lp_dyn[];
+
+// The dense phase of a launch with min-p in one pass, on a device with clusters: grid
+// (cluster size, rows), one cluster (blockDim 256, all of grid.x) per row at a time. Block
+// `rank` owns tokens [rank * slice, (rank + 1) * slice) of its rows (`slice` a multiple of 32)
+// and holds them in dynamic shared memory (`slice * ES` bytes of logits, then `slice / 32 + 2`
+// keep words): kept 16-byte groups are read once (cp.async), masked ones written -inf unread;
+// it masks and tempers them there, puts its maximum in `cmax` and, after a cluster barrier,
+// reads every block's `cmax` through distributed shared memory, cuts and stores. The blocks of
+// a cluster run at once, so the wait is short and cannot deadlock. `cmax` alternates by row
+// parity (a block reaches the next row's slot only after every block has passed this row's
+// barrier, that is, has read this row's slots), and a last barrier keeps every block alive
+// until the others have read its slots. Rows whose keep set is a list: `lp_list_row`.
+template <int K>
+__device__ __forceinline__ void lp_dense_cluster(
+    char* logits, u32 batch, u32 vocab, u32 slice,
+    const u32* keep_t, u32 keep_w, const u32* gbits,
+    const u32* smask, const u32* sactive,
+    const u32* temps, const u32* minps)
+{
+#if __CUDA_ARCH__ >= 900
+    typedef Lp<K> E;
+    const u32 VEC = 16 / E::ES;
+    const u32 full = (1u << VEC) - 1u;
+    __shared__ float red[LP_THREADS / 32u];
+    __shared__ float cmax[2];
+    LpVec* stage = reinterpret_cast<LpVec*>(lp_dyn);
+    u32* keep = reinterpret_cast<u32*>(lp_dyn + (size_t)slice * E::ES);
+
+    const u32 tid = threadIdx.x, lane = tid & 31u;
+    const u32 rank = lp_cluster_rank();
+    const u32 csize = gridDim.x;
+    const u32 neg_raw = E::to_raw(LP_NEG_INF);
+    const u32 sbase = (u32)__cvta_generic_to_shared(stage);
+    u32 parity = 0u;
+    for (u32 row = blockIdx.y; row < batch; row += gridDim.y) {
+        const LpRow r = lp_row<K>(logits, row, vocab, keep_t, keep_w, gbits, smask, sactive,
+                                  temps, minps);
+        const u32 c0 = min(rank * slice, vocab);
+        const u32 c1 = min(c0 + slice, vocab);
+        const bool list = r.head_word != 0u && r.head_word != LP_KEEP_BITMASK;
+        if (list) {
+            lp_list_row<K>(keep, red, r, gbits, c0, c1);
+        } else if (r.masked || r.values) { // row-uniform: the whole cluster takes it
+            if (r.masked) lp_build_keep_once(keep, r, gbits, c0, c1);
+            const LpSpan s = lp_span<K>(r.p, c0, c1 - c0);
+            for (u32 v = tid; v < s.nvec; v += LP_THREADS) {
+                const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
+                char* p = s.body + (size_t)v * 16u;
+                if (bits == 0u) {
+                    lp_store16(p, E::NEG_INF_WORD);
+                } else if (bits != full || r.values) {
+                    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sbase + 16u * v), "l"(p) : "memory");
+                }
+            }
+            const u32 nscal = s.head + s.tail;
+            u32 soff = 0u;
+            bool skept = false;
+            float ys = LP_NEG_INF;
+            if (tid < nscal) {
+                soff = tid < s.head ? tid : s.body_end + (tid - s.head);
+                skept = !r.masked || ((keep[soff >> 5] >> (soff & 31u)) & 1u);
+                if (!skept) E::put(r.p, c0 + soff, LP_NEG_INF);
+                else if (r.values) ys = lp_tempered<K>(r.p, c0 + soff, r.temp);
+            }
+            asm volatile("cp.async.wait_all;" ::: "memory");
+
+            float m = skept ? ys : LP_NEG_INF;
+            for (u32 v = tid; v < s.nvec; v += LP_THREADS) {
+                const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
+                if (bits == 0u || (bits == full && !r.values)) continue;
+                LpVec q = stage[v];
+                if (bits != full || r.temp != 1.0f) {
+#pragma unroll
+                    for (u32 e = 0; e < VEC; ++e) {
+                        if (!((bits >> e) & 1u)) {
+                            lp_vec_set<E::ES>(q, e, neg_raw);
+                        } else if (r.values) {
+                            const float x = E::from_raw(lp_vec_get<E::ES>(q, e));
+                            const float y = r.temp != 1.0f ? E::round(__fdiv_rn(x, r.temp)) : x;
+                            m = fmaxf(m, y);
+                            if (r.temp != 1.0f) lp_vec_set<E::ES>(q, e, E::to_raw(y));
+                        }
+                    }
+                    if (r.has_min_p) stage[v] = q;
+                    else lp_store_vec(s.body + (size_t)v * 16u, q);
+                } else {
+#pragma unroll
+                    for (u32 e = 0; e < VEC; ++e) m = fmaxf(m, E::from_raw(lp_vec_get<E::ES>(q, e)));
+                }
+            }
+
+            float thr = LP_NEG_INF;
+            if (r.has_min_p) { // row-uniform
+                for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+                if (lane == 0u) red[tid >> 5] = m;
+                __syncthreads();
+                if (tid == 0u) {
+                    float b = red[0];
+                    for (u32 w = 1; w < LP_THREADS / 32u; ++w) b = fmaxf(b, red[w]);
+                    cmax[parity] = b;
+                }
+                lp_cluster_sync();
+                float b = lane < csize ? lp_cluster_load(&cmax[parity], lane) : LP_NEG_INF;
+                for (int o = 16; o > 0; o >>= 1) b = fmaxf(b, __shfl_xor_sync(0xffffffffu, b, o));
+                thr = __fadd_rn(b, r.lnp);
+                parity ^= 1u;
+                // Cut and store (as in `lp_dense_once`).
+                for (u32 v = tid; v < s.nvec; v += LP_THREADS) {
+                    const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
+                    if (bits == 0u) continue;
+                    LpVec q = stage[v];
+#pragma unroll
+                    for (u32 e = 0; e < VEC; ++e) {
+                        if (E::from_raw(lp_vec_get<E::ES>(q, e)) < thr) lp_vec_set<E::ES>(q, e, neg_raw);
+                    }
+                    lp_store_vec(s.body + (size_t)v * 16u, q);
+                }
+            }
+            if (skept && r.values) {
+                if (ys < thr) E::put(r.p, c0 + soff, LP_NEG_INF);
+                else if (r.temp != 1.0f) E::put(r.p, c0 + soff, ys);
+            }
+        }
+        __syncthreads(); // `keep` and `red` are reused by the next row
+    }
+    lp_cluster_sync(); // the other blocks may still read this block's `cmax`
+#endif
+}
+
 #define LP_ENTRY(NAME, K)                                                                      \
     extern "C" __global__ void __launch_bounds__(256) lp_sparse_##NAME(                        \
         char* logits, u32 vocab, const u32* bans0, u32 bans0_w, const u32* bans1, u32 bans1_w, \
@@ -755,6 +931,13 @@ __device__ __forceinline__ void lp_dense_once(
         const u32* minps, u32* sync, u32 nchunks) {                                            \
         lp_dense_once<K>(logits, batch, vocab, chunk, keep_t, keep_w, gbits, smask, sactive,   \
                          temps, minps, sync, nchunks);                                         \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(LP_THREADS) lp_dense_cluster_##NAME(          \
+        char* logits, u32 batch, u32 vocab, u32 slice, const u32* keep_t, u32 keep_w,          \
+        const u32* gbits, const u32* smask, const u32* sactive, const u32* temps,              \
+        const u32* minps) {                                                                    \
+        lp_dense_cluster<K>(logits, batch, vocab, slice, keep_t, keep_w, gbits, smask,         \
+                            sactive, temps, minps);                                            \
     }
 
 LP_ENTRY(f32, 0)
