@@ -7,6 +7,15 @@
 //! more blocks at once than a row has chunks; where it cannot (a small device, a huge
 //! vocabulary), the row maximum is a launch of its own (`lp_dense` pass 0, then pass 1).
 //!
+//! On devices with thread-block clusters (compute capability 9.0 and later), a launch with
+//! min-p *and* a temperature uses `lp_dense_cluster` instead: one cluster of 8 or 16 blocks
+//! per row, the row held in the blocks' shared memory, the row maximum exchanged through
+//! distributed shared memory (no tickets, no waiting on global memory). Other launches with
+//! min-p keep `lp_dense_once`, which measured faster for them on the H100 (docs/benchmarks.md,
+//! run 9). `LOGITS_PROCESSORS_CLUSTER` overrides the choice (`0`: never, `8`/`16`: every launch
+//! with min-p, clusters of that size); `LOGITS_PROCESSORS_KERNEL_DEFINES` passes extra NVRTC
+//! options (fused.cu's tuning macros), for measurements.
+//!
 //! The kernel source (`fused.cu`) is compiled with NVRTC the first time a device needs it (once
 //! per compute capability per process), loaded through candle's module cache, and its function
 //! handles are kept per device.
@@ -50,6 +59,9 @@ const CLUSTER_BYTES: u32 = 48 * 1024;
 /// with clusters of that size. Unset: launches with min-p and a temperature (where it measured
 /// faster on the H100, see docs/benchmarks.md run 9), clusters of 8 or 16.
 const CLUSTER_ENV: &str = "LOGITS_PROCESSORS_CLUSTER";
+/// Extra NVRTC options for the kernels (space-separated, e.g. `-DLP_PACKED=0`:
+/// fused.cu's tuning macros), for measurements.
+const DEFINES_ENV: &str = "LOGITS_PROCESSORS_KERNEL_DEFINES";
 
 /// A `u32` buffer on a CUDA device: the device side of a [`RowTable`].
 pub(crate) struct DeviceU32 {
@@ -352,10 +364,14 @@ fn ptx_for(cc: i32) -> Result<Arc<str>> {
     if let Some((_, ptx)) = cache.iter().find(|(c, _)| *c == cc) {
         return Ok(ptx.clone());
     }
+    let mut options = vec![format!("--gpu-architecture=compute_{cc}")];
+    if let Ok(defines) = std::env::var(DEFINES_ENV) {
+        options.extend(defines.split_whitespace().map(String::from));
+    }
     let opts = cudarc::nvrtc::CompileOptions {
         fmad: Some(false),
         ftz: Some(false),
-        options: vec![format!("--gpu-architecture=compute_{cc}")],
+        options,
         name: Some("logits_processors_fused.cu".into()),
         ..Default::default()
     };

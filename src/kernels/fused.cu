@@ -20,6 +20,14 @@
 //   row's other chunks, then cut and store (see its comment for why it cannot deadlock). A
 //   row whose keep set is a short list never waits: its first chunk's block handles the kept
 //   tokens alone.
+// * `lp_dense_cluster_<dtype>` (sm_90 and later; an empty kernel below): the same one-pass dense
+//   phase with one thread-block cluster per row (8 or 16 blocks, the row split between them
+//   in shared memory, the row maximum exchanged through distributed shared memory after a
+//   cluster barrier). The host uses it for launches with min-p and a temperature on devices
+//   with clusters, `lp_dense_once` for the other launches with min-p (run 9 of
+//   docs/benchmarks.md: clusters measured faster there only).
+// On rows without a temperature, both one-pass kernels mask, take the maximum and cut whole
+// 32-bit words at a time (`LP_PACKED`: packed f16x2/bf16x2 maxima on sm_80 and later).
 // * `lp_scatter`: the deferred single-word writes of every host table of a device, one launch.
 
 typedef unsigned int u32;
@@ -31,8 +39,6 @@ typedef unsigned long long u64;
 #define LP_KEEP_BITMASK 0xffffffffu
 #define LP_IN_PROMPT 0x80000000u
 #define LP_NEG_INF __int_as_float(0xff800000)
-// 16-byte groups a thread of `lp_dense` pass 1 loads before it stores the first.
-#define LP_BATCH 4u
 
 __device__ __forceinline__ float lp_f16_to_f32(u16 h) {
     float f;
@@ -136,6 +142,70 @@ template <u32 ES> __device__ __forceinline__ void lp_vec_set(LpVec& v, u32 e, u3
     } else {
         const u32 sh = (e & 1u) * 16u;
         v.w[e >> 1] = (v.w[e >> 1] & ~(0xffffu << sh)) | ((raw & 0xffffu) << sh);
+    }
+}
+
+// Whole-word forms of the per-element work of the one-read kernels on rows without a
+// temperature (LP_PACKED; 0 keeps the per-element loops, for comparison).
+#ifndef LP_PACKED
+#define LP_PACKED 1
+#endif
+
+// -inf over the elements of `q` whose bit in `bits` is clear.
+template <int K> __device__ __forceinline__ void lp_vec_mask(LpVec& q, u32 bits) {
+    typedef Lp<K> E;
+    if (E::ES == 4u) {
+#pragma unroll
+        for (u32 e = 0; e < 4u; ++e) q.w[e] = ((bits >> e) & 1u) ? q.w[e] : (u32)E::NEG_INF_WORD;
+    } else {
+#pragma unroll
+        for (u32 i = 0; i < 4u; ++i) {
+            const u32 b = (bits >> (2u * i)) & 3u;
+            const u32 k = ((b & 1u) * 0xffffu) | ((b >> 1) * 0xffff0000u);
+            q.w[i] = (q.w[i] & k) | ((u32)E::NEG_INF_WORD & ~k);
+        }
+    }
+}
+
+// The running maximum of every element of `q`: in `m` for f32; for 16-bit logits in `mh`, one
+// maximum per half (NEG_INF_WORD to start; NaN never wins, as with fmaxf), folded by
+// `lp_max_fold`.
+template <int K> __device__ __forceinline__ void lp_vec_max(u32& mh, float& m, const LpVec& q) {
+    typedef Lp<K> E;
+#pragma unroll
+    for (u32 i = 0; i < 4u; ++i) {
+        if (E::ES == 4u) {
+            m = fmaxf(m, __uint_as_float(q.w[i]));
+        } else {
+#if __CUDA_ARCH__ >= 800
+            if (K == 1) asm("max.f16x2 %0, %0, %1;" : "+r"(mh) : "r"(q.w[i]));
+            else asm("max.bf16x2 %0, %0, %1;" : "+r"(mh) : "r"(q.w[i]));
+#else
+            m = fmaxf(m, fmaxf(E::from_raw(q.w[i] & 0xffffu), E::from_raw(q.w[i] >> 16)));
+#endif
+        }
+    }
+}
+
+template <int K> __device__ __forceinline__ float lp_max_fold(u32 mh, float m) {
+    typedef Lp<K> E;
+    if (E::ES == 4u) return m;
+    return fmaxf(m, fmaxf(E::from_raw(mh & 0xffffu), E::from_raw(mh >> 16)));
+}
+
+// -inf over the elements of `q` below `thr`.
+template <int K> __device__ __forceinline__ void lp_vec_cut(LpVec& q, float thr) {
+    typedef Lp<K> E;
+#pragma unroll
+    for (u32 i = 0; i < 4u; ++i) {
+        const u32 w = q.w[i];
+        if (E::ES == 4u) {
+            q.w[i] = __uint_as_float(w) < thr ? (u32)E::NEG_INF_WORD : w;
+        } else {
+            const u32 k = (E::from_raw(w & 0xffffu) < thr ? 0u : 0xffffu) |
+                          (E::from_raw(w >> 16) < thr ? 0u : 0xffff0000u);
+            q.w[i] = (w & k) | ((u32)E::NEG_INF_WORD & ~k);
+        }
     }
 }
 
@@ -393,40 +463,26 @@ __device__ __forceinline__ void lp_dense(
         const float thr = r.has_min_p ? thr_s : LP_NEG_INF;
         const u32 neg_raw = E::to_raw(LP_NEG_INF);
 
-        // LP_BATCH groups per thread at a time: their loads are all in flight before the
-        // first store.
-        for (u32 v0 = tid; v0 < s.nvec; v0 += LP_BATCH * nt) {
-            LpVec q[LP_BATCH];
-            u32 bits[LP_BATCH];
+        for (u32 v = tid; v < s.nvec; v += nt) {
+            const u32 off = s.head + v * VEC;
+            const u32 bits = lp_keep_bits(keep, off, VEC);
+            char* p = s.body + (size_t)v * 16u;
+            if (bits == 0u) {
+                lp_store16(p, E::NEG_INF_WORD);
+            } else if (bits != full || values) {
+                LpVec q = lp_load_vec(p);
 #pragma unroll
-            for (u32 j = 0; j < LP_BATCH; ++j) {
-                const u32 v = v0 + j * nt;
-                bits[j] = v < s.nvec ? lp_keep_bits(keep, s.head + v * VEC, VEC) : 0u;
-                if (v < s.nvec && bits[j] != 0u && (bits[j] != full || values)) {
-                    q[j] = lp_load_vec(s.body + (size_t)v * 16u);
-                }
-            }
-#pragma unroll
-            for (u32 j = 0; j < LP_BATCH; ++j) {
-                const u32 v = v0 + j * nt;
-                if (v >= s.nvec) break;
-                char* p = s.body + (size_t)v * 16u;
-                if (bits[j] == 0u) {
-                    lp_store16(p, E::NEG_INF_WORD);
-                } else if (bits[j] != full || values) {
-#pragma unroll
-                    for (u32 e = 0; e < VEC; ++e) {
-                        if (!((bits[j] >> e) & 1u)) {
-                            lp_vec_set<E::ES>(q[j], e, neg_raw);
-                        } else if (values) {
-                            const float x = E::from_raw(lp_vec_get<E::ES>(q[j], e));
-                            const float y = temp != 1.0f ? E::round(__fdiv_rn(x, temp)) : x;
-                            if (y < thr) lp_vec_set<E::ES>(q[j], e, neg_raw);
-                            else if (temp != 1.0f) lp_vec_set<E::ES>(q[j], e, E::to_raw(y));
-                        }
+                for (u32 e = 0; e < VEC; ++e) {
+                    if (!((bits >> e) & 1u)) {
+                        lp_vec_set<E::ES>(q, e, neg_raw);
+                    } else if (values) {
+                        const float x = E::from_raw(lp_vec_get<E::ES>(q, e));
+                        const float y = temp != 1.0f ? E::round(__fdiv_rn(x, temp)) : x;
+                        if (y < thr) lp_vec_set<E::ES>(q, e, neg_raw);
+                        else if (temp != 1.0f) lp_vec_set<E::ES>(q, e, E::to_raw(y));
                     }
-                    lp_store_vec(p, q[j]);
                 }
+                lp_store_vec(p, q);
             }
         }
         for (u32 i = tid; i < s.head + s.tail; i += nt) {
@@ -665,12 +721,24 @@ __device__ __forceinline__ void lp_dense_once(
             // Mask and temper; the chunk's maximum of kept, tempered logits. Without min-p the
             // result is final and stored now; with it, it goes back to `stage` until the cut.
             float m = skept ? ys : LP_NEG_INF;
+            u32 mh = E::NEG_INF_WORD;
             for (u32 j = 0; j < LP_VECS; ++j) {
                 const u32 v = tid + j * LP_THREADS;
                 if (v >= s.nvec) break;
                 const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
                 if (bits == 0u || (bits == full && !r.values)) continue;
                 LpVec q = stage[v];
+#if LP_PACKED
+                if (r.temp == 1.0f) { // row-uniform
+                    if (bits != full) lp_vec_mask<K>(q, bits);
+                    if (r.has_min_p) lp_vec_max<K>(mh, m, q);
+                    if (bits != full) {
+                        if (r.has_min_p) stage[v] = q;
+                        else lp_store_vec(s.body + (size_t)v * 16u, q);
+                    }
+                    continue;
+                }
+#endif
                 if (bits != full || r.temp != 1.0f) {
 #pragma unroll
                     for (u32 e = 0; e < VEC; ++e) {
@@ -693,6 +761,7 @@ __device__ __forceinline__ void lp_dense_once(
 
             float thr = LP_NEG_INF;
             if (r.has_min_p) { // block-uniform
+                m = lp_max_fold<K>(mh, m);
                 for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
                 if ((tid & 31u) == 0u) red[tid >> 5] = m;
                 __syncthreads();
@@ -719,10 +788,14 @@ __device__ __forceinline__ void lp_dense_once(
                     const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
                     if (bits == 0u) continue;
                     LpVec q = stage[v];
+#if LP_PACKED
+                    lp_vec_cut<K>(q, thr);
+#else
 #pragma unroll
                     for (u32 e = 0; e < VEC; ++e) {
                         if (E::from_raw(lp_vec_get<E::ES>(q, e)) < thr) lp_vec_set<E::ES>(q, e, neg_raw);
                     }
+#endif
                     lp_store_vec(s.body + (size_t)v * 16u, q);
                 }
             }
@@ -848,10 +921,22 @@ __device__ __forceinline__ void lp_dense_cluster(
             asm volatile("cp.async.wait_all;" ::: "memory");
 
             float m = skept ? ys : LP_NEG_INF;
+            u32 mh = E::NEG_INF_WORD;
             for (u32 v = tid; v < s.nvec; v += LP_THREADS) {
                 const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
                 if (bits == 0u || (bits == full && !r.values)) continue;
                 LpVec q = stage[v];
+#if LP_PACKED
+                if (r.temp == 1.0f) { // row-uniform
+                    if (bits != full) lp_vec_mask<K>(q, bits);
+                    if (r.has_min_p) lp_vec_max<K>(mh, m, q);
+                    if (bits != full) {
+                        if (r.has_min_p) stage[v] = q;
+                        else lp_store_vec(s.body + (size_t)v * 16u, q);
+                    }
+                    continue;
+                }
+#endif
                 if (bits != full || r.temp != 1.0f) {
 #pragma unroll
                     for (u32 e = 0; e < VEC; ++e) {
@@ -874,6 +959,7 @@ __device__ __forceinline__ void lp_dense_cluster(
 
             float thr = LP_NEG_INF;
             if (r.has_min_p) { // row-uniform
+                m = lp_max_fold<K>(mh, m);
                 for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
                 if (lane == 0u) red[tid >> 5] = m;
                 __syncthreads();
@@ -892,10 +978,14 @@ __device__ __forceinline__ void lp_dense_cluster(
                     const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
                     if (bits == 0u) continue;
                     LpVec q = stage[v];
+#if LP_PACKED
+                    lp_vec_cut<K>(q, thr);
+#else
 #pragma unroll
                     for (u32 e = 0; e < VEC; ++e) {
                         if (E::from_raw(lp_vec_get<E::ES>(q, e)) < thr) lp_vec_set<E::ES>(q, e, neg_raw);
                     }
+#endif
                     lp_store_vec(s.body + (size_t)v * 16u, q);
                 }
             }
