@@ -16,6 +16,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use smallvec::SmallVec;
+
 /// The list and a version number bumped (under the lock) by every change, so that a cursor
 /// with nothing new to read checks one atomic word instead of taking the lock.
 #[derive(Debug, Default)]
@@ -64,10 +66,11 @@ impl VersionBoard {
 struct Shared {
     tokens: Vec<u32>,
     /// Per cursor: the lowest length the list was truncated to since the cursor's last sync
-    /// (`usize::MAX` when not truncated), or `None` for a free slot.
-    cursors: Vec<Option<usize>>,
+    /// (`usize::MAX` when not truncated), or `None` for a free slot. Inline for the usual one
+    /// or two cursors (no separate cache line to load).
+    cursors: SmallVec<[Option<usize>; 2]>,
     /// The board slots that mirror this list's version.
-    watchers: Vec<(Arc<VersionBoard>, u32)>,
+    watchers: SmallVec<[(Arc<VersionBoard>, u32); 1]>,
 }
 
 /// A request's generated tokens: a cheap-to-clone handle (one reference count) that the engine
@@ -150,6 +153,11 @@ impl OutputTokens {
         self.len() == 0
     }
 
+    /// How many times `token` occurs (O(length), under the lock).
+    pub(crate) fn occurrences(&self, token: u32) -> usize {
+        self.lock().tokens.iter().filter(|&&t| t == token).count()
+    }
+
     /// The last token, if any.
     pub fn last(&self) -> Option<u32> {
         self.lock().tokens.last().copied()
@@ -186,6 +194,7 @@ impl OutputTokens {
             slot,
             tokens: Vec::new(),
             scratch: Vec::new(),
+            tail_hint: 0,
         }
     }
 
@@ -217,8 +226,8 @@ impl From<Vec<u32>> for OutputTokens {
             version: AtomicU64::new(0),
             shared: Mutex::new(Shared {
                 tokens,
-                cursors: Vec::new(),
-                watchers: Vec::new(),
+                cursors: SmallVec::new(),
+                watchers: SmallVec::new(),
             }),
         }))
     }
@@ -226,6 +235,20 @@ impl From<Vec<u32>> for OutputTokens {
 
 fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Asks the CPU to load the cache line at `addr` for writing soon: a hint that never faults,
+/// whatever `addr` is (nothing off x86-64).
+#[inline]
+fn prefetch(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing the program observes and never faults, even for an
+    // invalid address; SSE is part of the x86-64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
 }
 
 /// One change to a request's output tokens, as an [`OutputCursor`] reports it.
@@ -253,6 +276,9 @@ pub struct OutputCursor {
     slot: usize,
     tokens: Vec<u32>,
     scratch: Vec<u32>,
+    /// The address just past the list's tokens at the last sync: where the next push writes,
+    /// prefetched by [`warm`](Self::warm) (a hint only, never dereferenced).
+    tail_hint: usize,
 }
 
 impl OutputCursor {
@@ -266,25 +292,41 @@ impl OutputCursor {
         if self.seen == Some(self.shared.version.load(Ordering::Acquire)) {
             return 0;
         }
-        self.sync_and_push(None, on_change)
+        self.sync_and_push(on_change)
     }
 
-    /// Appends `token` to the list (as [`OutputTokens::push`] on any handle of it would) and
-    /// then syncs, under one lock: the changes made through other handles since the last sync
-    /// are reported first, then `token`. Returns the number of changes reported.
-    pub(crate) fn push_and_sync(
-        &mut self,
-        token: u32,
-        on_change: impl FnMut(OutputChange),
-    ) -> usize {
-        self.sync_and_push(Some(token), on_change)
+    /// Syncs into `out` under one lock, after appending `push` to the list when given (as
+    /// [`OutputTokens::push`] on any handle of it would): the rollbacks (last-first), then the
+    /// appends, `push` last. For the pipeline, whose callback only records: no scratch copy.
+    /// Returns the number of changes recorded.
+    pub(crate) fn sync_into(&mut self, push: Option<u32>, out: &mut Vec<OutputChange>) -> usize {
+        let start = out.len();
+        let shared = &self.shared;
+        let mut s = lock(&shared.shared);
+        let low = s.cursors[self.slot]
+            .replace(usize::MAX)
+            .unwrap_or(usize::MAX);
+        let kept = self.tokens.len().min(low).min(s.tokens.len());
+        while self.tokens.len() > kept {
+            let t = self.tokens.pop().expect("len > kept");
+            out.push(OutputChange::Removed(t));
+        }
+        if let Some(t) = push {
+            s.tokens.push(t);
+            shared.bump(&s);
+        }
+        // Usually one token: plain pushes (no call to copy a few bytes).
+        for &t in &s.tokens[kept..] {
+            self.tokens.push(t);
+            out.push(OutputChange::Appended(t));
+        }
+        // Stable while the lock is held: writers bump it under the lock.
+        self.seen = Some(shared.version.load(Ordering::Relaxed));
+        self.tail_hint = s.tokens.as_ptr_range().end as usize;
+        out.len() - start
     }
 
-    fn sync_and_push(
-        &mut self,
-        push: Option<u32>,
-        mut on_change: impl FnMut(OutputChange),
-    ) -> usize {
+    fn sync_and_push(&mut self, mut on_change: impl FnMut(OutputChange)) -> usize {
         self.scratch.clear();
         let kept = {
             let mut s = lock(&self.shared.shared);
@@ -293,13 +335,9 @@ impl OutputCursor {
                 .unwrap_or(usize::MAX);
             let kept = self.tokens.len().min(low).min(s.tokens.len());
             self.scratch.extend_from_slice(&s.tokens[kept..]);
-            if let Some(t) = push {
-                s.tokens.push(t);
-                self.scratch.push(t);
-                self.shared.bump(&s);
-            }
             // Stable while the lock is held: writers bump it under the lock.
             self.seen = Some(self.shared.version.load(Ordering::Relaxed));
+            self.tail_hint = s.tokens.as_ptr_range().end as usize;
             kept
         };
         let removed = self.tokens.len() - kept;
@@ -314,12 +352,19 @@ impl OutputCursor {
         removed + self.scratch.len()
     }
 
-    /// Loads the words a sync will read first (the list's version, the cursor's last token),
+    /// Whether the list changed since the last sync (one atomic load).
+    pub(crate) fn stale(&self) -> bool {
+        self.seen != Some(self.shared.version.load(Ordering::Acquire))
+    }
+
+    /// Loads the words a sync will read first (the list's lock and version; prefetches the
+    /// list's and the cursor's copy's next free slots),
     /// so that a caller about to sync many cursors can warm the cache in one tight loop whose
     /// loads overlap. Reads only.
     pub(crate) fn warm(&self) -> u64 {
+        prefetch(self.tail_hint);
+        prefetch(self.tokens.as_ptr_range().end as usize);
         self.shared.version.load(Ordering::Relaxed)
-            ^ u64::from(self.tokens.last().copied().unwrap_or(0))
     }
 
     /// Whether the list certainly did not change since the last sync, read from the cursor's
@@ -420,11 +465,9 @@ impl StepOutputs {
         let start = self.changes.len();
         let len = match cursor {
             Some(c) => {
-                let changes = &mut self.changes;
-                match token {
-                    Some(t) => c.push_and_sync(t, |ch| changes.push(ch)),
-                    None => c.sync(|ch| changes.push(ch)),
-                };
+                if token.is_some() || c.stale() {
+                    c.sync_into(token, &mut self.changes);
+                }
                 c.len()
             }
             None => 0,
@@ -441,9 +484,12 @@ impl StepOutputs {
         }
     }
 
-    /// The rows with an entry (changed or touched), in the order pushed.
-    pub(crate) fn rows(&self) -> impl Iterator<Item = usize> + '_ {
-        self.rows.iter().map(|e| e.row)
+    /// The rows with an entry, in the order pushed, each with its output length after the
+    /// changes and the changes (one pass over the entries, no lookup per row).
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (usize, usize, &[OutputChange])> + '_ {
+        self.rows
+            .iter()
+            .map(|e| (e.row, e.len, &self.changes[e.start..e.end]))
     }
 
     fn entry(&self, row: usize) -> Option<&RowEntry> {
@@ -464,6 +510,13 @@ impl StepOutputs {
     pub(crate) fn len(&self, row: usize) -> Option<usize> {
         self.entry(row).map(|e| e.len)
     }
+}
+
+/// Each row's output as a pipeline follows it (its cursor's copy, as of this step's changes):
+/// for processors that read the output's tail without keeping their own copy.
+pub(crate) trait RowTokens {
+    /// The output of the request at `row` (empty for a row without one).
+    fn tokens(&self, row: usize) -> &[u32];
 }
 
 /// Calls `f` for row `row`'s output changes of this step: from the pipeline's `fed` changes, or

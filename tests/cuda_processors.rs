@@ -1,6 +1,7 @@
 #![cfg(feature = "cuda")]
 //! Every built-in processor on CUDA against the CPU path, bit for bit: random engine streams
-//! (adds with prompts, removes, moves, swaps, output tokens appended and rolled back, grammar
+//! (adds with prompts, removes, moves, swaps, output tokens appended — through the handles or
+//! `Pipeline::append_sampled` — and rolled back, grammar
 //! bitmasks given as a host slice on the CPU and as a device tensor on CUDA) drive two
 //! pipelines with the same random subset and order of stages, in f32, f16 and bf16, for small
 //! and real-sized vocabularies. Min-p and the penalties are computed with the same f32
@@ -277,6 +278,21 @@ fn run_case(seed: u64, vocab: usize, cap: usize, steps: usize, only: Option<Kind
         if batch == 0 {
             continue;
         }
+        // Sometimes the step's sampled tokens go through one pipeline's bulk path (the lists
+        // are shared: the other pipeline follows them through the handles).
+        if rng.random_bool(0.25) {
+            let sampled: Vec<u32> = (0..batch).map(|_| small(&mut rng)).collect();
+            let (bulk, follows) = if rng.random_bool(0.5) {
+                (&mut cpu, &mut dev)
+            } else {
+                (&mut dev, &mut cpu)
+            };
+            bulk.append_sampled(&sampled).unwrap();
+            follows.update_state(None).unwrap();
+            for r in rows.iter_mut() {
+                r.len += 1;
+            }
+        }
         if kinds.contains(&Kind::Bitmask) && rng.random_bool(0.7) {
             let mask: Vec<u32> = (0..batch * words)
                 .map(|_| rng.random::<u32>() | rng.random::<u32>())
@@ -459,5 +475,78 @@ fn temperature_matches_the_cpu_on_every_16_bit_logit() {
                 "{dtype:?}: the temperatures changed almost nothing"
             );
         }
+    }
+}
+
+/// Penalty counts piled up over many steps without an apply (so that the count log is
+/// processed on its own, and the tables grow) match the CPU, read back and applied.
+#[test]
+fn penalty_counts_drained_between_applies_match_the_cpu() {
+    let gpu = Device::new_cuda(0).expect("a CUDA device");
+    let (vocab, cap) = (5000usize, 8usize);
+    let mut rng = StdRng::seed_from_u64(77);
+    let [mut cpu, mut dev] = [Device::Cpu, gpu.clone()].map(|device| {
+        let c = ProcessorConfig::builder()
+            .max_batch_size(cap)
+            .vocab_size(vocab)
+            .device(device)
+            .build()
+            .unwrap();
+        Penalties::new(&c).unwrap()
+    });
+    let mut outs = Vec::new();
+    let mut changes = BatchUpdateBuilder::new();
+    for row in 0..cap {
+        let out = OutputTokens::new();
+        let params = RequestParams::new()
+            .with_repetition_penalty(1.25)
+            .with_frequency_penalty(0.5)
+            .with_presence_penalty(0.25);
+        let prompt: Vec<u32> = (0..30).map(|_| rng.random_range(0..vocab as u32)).collect();
+        changes
+            .add(row, Arc::new(params))
+            .with_prompt(prompt)
+            .with_output_tokens(out.clone());
+        outs.push(out);
+    }
+    let update = changes.build(cap).cloned();
+    cpu.update_state(update.as_ref()).unwrap();
+    dev.update_state(update.as_ref()).unwrap();
+    for step in 0..1500 {
+        for o in &outs {
+            if rng.random_bool(0.1) && !o.is_empty() {
+                o.truncate(o.len() - 1);
+            }
+            o.push(rng.random_range(0..(100 + step as u32).min(vocab as u32)));
+        }
+        cpu.update_state(None).unwrap();
+        dev.update_state(None).unwrap();
+    }
+    for (row, out) in outs.iter().enumerate() {
+        let out = out.to_vec();
+        for t in 0..vocab as u32 {
+            let want = out.iter().filter(|&&o| o == t).count() as u32;
+            if t % 7 == 0 || want > 0 {
+                assert_eq!(
+                    cpu.read_count(row, t).unwrap(),
+                    Some(want),
+                    "cpu row {row} token {t}"
+                );
+                assert_eq!(
+                    dev.read_count(row, t).unwrap(),
+                    Some(want),
+                    "cuda row {row} token {t}"
+                );
+            }
+        }
+    }
+    let values = random_values(&mut rng, cap * vocab);
+    let host = Tensor::from_vec(values, (cap, vocab), &Device::Cpu).unwrap();
+    let on_gpu = host.to_device(&gpu).unwrap();
+    cpu.apply(&host).unwrap();
+    dev.apply(&on_gpu).unwrap();
+    let (want, got) = (to_host(&host), to_host(&on_gpu));
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        assert!(same(*w, *g), "token {i}: cuda {g} cpu {w}");
     }
 }

@@ -1,13 +1,15 @@
 //! Property test of every built-in processor in one Pipeline against a naive per-request
 //! reference, over random engine streams: adds (with prompts), removes, reused rows, moves
 //! that condense the batch, swaps, output tokens appended and rolled back (speculative
-//! decoding), unchanged steps (`None`), per-step grammar bitmasks, and invalid updates (broken
+//! decoding) through the engine's handles or appended with `Pipeline::append_sampled`,
+//! unchanged steps (`None`), per-step grammar bitmasks, and invalid updates (broken
 //! rules, bad parameters), which must be typed errors that change nothing.
 //!
 //! The pipeline's stages come in a random order each case, so the fusion of adjacent built-ins
 //! is checked against running the processors one after the other in that order, bit for bit,
-//! in f32, f16 and bf16. Penalty counts are checked against counts recomputed from the whole
-//! output after every step.
+//! in f32, f16 and bf16. Penalty counts (the count tables the penalties read, which grow as the
+//! requests' distinct tokens do) are checked against counts recomputed from the whole output
+//! after every step.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -344,6 +346,23 @@ fn run_stream(seed: u64, steps: usize) -> Result<(), String> {
                 _ => {}
             }
         }
+        // Sometimes the step's sampled tokens go through the pipeline's bulk path instead.
+        if !rows.is_empty() && rng.random_bool(0.3) {
+            let sampled: Vec<u32> = (0..rows.len())
+                .map(|_| {
+                    if rng.random_bool(0.05) {
+                        VOCAB as u32
+                    } else {
+                        rng.random_range(0..8)
+                    }
+                })
+                .collect();
+            pipe.append_sampled(&sampled)
+                .map_err(|e| format!("step {step}: append_sampled: {e}"))?;
+            for (req, &t) in rows.iter_mut().zip(&sampled) {
+                req.tokens.push(t);
+            }
+        }
         // The batch changes.
         let mut next = rows.clone();
         let invalid = rng.random_range(0..10) == 0;
@@ -455,7 +474,13 @@ fn run_stream(seed: u64, steps: usize) -> Result<(), String> {
             }
             for t in 0..VOCAB as u32 {
                 let want = req.tokens.iter().filter(|&&o| o == t).count() as u32;
-                let got = penalties.output_count(r, t).unwrap_or(0);
+                let got = penalties
+                    .read_count(r, t)
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or(0);
+                if penalties.output_count(r, t).unwrap_or(0) != want {
+                    return Err(format!("step {step}: row {r} token {t}: output_count"));
+                }
                 if got != want {
                     return Err(format!(
                         "step {step}: row {r} token {t}: count {got} != {want}"

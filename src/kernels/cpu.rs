@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, Result};
 use half::{bf16, f16};
 
-use super::{FusedOp, IdsMode, StepMask, IN_PROMPT, KEEP_BITMASK, NO_MIN_P};
+use super::{FusedOp, IdsMode, StepMask, KEEP_BITMASK, NO_MIN_P, NO_SLOT};
 
 /// A logit element type: read as f32, stored rounded to nearest even.
 pub(crate) trait Logit: Copy {
@@ -124,15 +124,15 @@ fn sparse<E: Logit>(op: &FusedOp<'_>, r: usize, row: &mut [E]) {
             f32::from_bits(params[1]),
             f32::from_bits(params[2]),
         );
-        if rep != 1.0 || freq != 0.0 || pres != 0.0 {
-            let e = p.entries.row(r);
-            for pair in e[1..1 + 2 * e[0] as usize].chunks_exact(2) {
-                let count = pair[1] & !IN_PROMPT;
-                let in_prompt = pair[1] & IN_PROMPT != 0;
+        let slot = params[3];
+        if slot != NO_SLOT && (rep != 1.0 || freq != 0.0 || pres != 0.0) {
+            // The counts were brought up to date by `CountTable::process_host` before the op.
+            let tab = p.counts.host_row(slot as usize);
+            for (t, count, in_prompt) in super::counts::entries(tab, p.counts.w()) {
                 if count == 0 && !in_prompt {
                     continue;
                 }
-                let x = &mut row[pair[0] as usize];
+                let x = &mut row[t as usize];
                 *x = E::put(penalise(x.get(), count, in_prompt, rep, freq, pres));
             }
         }

@@ -63,6 +63,12 @@ const CLUSTER_ENV: &str = "LOGITS_PROCESSORS_CLUSTER";
 /// fused.cu's tuning macros), for measurements.
 const DEFINES_ENV: &str = "LOGITS_PROCESSORS_KERNEL_DEFINES";
 
+macro_rules! arg {
+    ($x:expr) => {
+        (&mut $x) as *mut _ as *mut c_void
+    };
+}
+
 /// A `u32` buffer on a CUDA device: the device side of a [`RowTable`].
 pub(crate) struct DeviceU32 {
     slice: CudaSlice<u32>,
@@ -96,6 +102,25 @@ impl DeviceU32 {
             stream,
             queued_at: None,
         })
+    }
+
+    /// A zeroed buffer of `n` elements (at least one) on `dev`'s stream. Allocates.
+    pub(crate) fn zeros(dev: &CudaDevice, n: usize) -> Result<Self> {
+        let stream = dev.cuda_stream();
+        Ok(Self {
+            slice: stream.alloc_zeros::<u32>(n.max(1)).w()?,
+            dev: dev.clone(),
+            stream,
+            queued_at: None,
+        })
+    }
+
+    /// Reads elements `offset..offset + len` back to the host: synchronises the stream (for
+    /// tests and inspection only).
+    pub(crate) fn read(&self, offset: usize, len: usize) -> Result<Vec<u32>> {
+        flush(&self.dev)?;
+        let view = self.slice.slice(offset..offset + len);
+        self.stream.clone_dtoh(&view).w()
     }
 
     /// Copies `host` into elements `offset..offset + host.len()`: one asynchronous copy on the
@@ -181,21 +206,46 @@ static PENDING: Mutex<Vec<Pending>> = Mutex::new(Vec::new());
 /// Sends the queued table writes of `dev`: one copy and one scatter launch on its stream, no
 /// synchronisation; nothing when none is queued.
 pub(crate) fn flush(dev: &CudaDevice) -> Result<()> {
+    flush_with(dev, &[]).map(|_| ())
+}
+
+/// [`flush`], with `extra` words sent in the same host-to-device copy, after the queued
+/// writes: returns their device address (0 when `extra` is empty), valid for the kernels queued
+/// before the next flush of `dev` (the stream orders the next copy after them).
+pub(crate) fn flush_with(dev: &CudaDevice, extra: &[u32]) -> Result<u64> {
     let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
     let id = dev.id();
-    match pending.iter_mut().find(|p| p.dev.id() == id) {
-        Some(q) => send(q),
-        None => Ok(()),
-    }
+    let q = match pending.iter().position(|p| p.dev.id() == id) {
+        Some(i) => &mut pending[i],
+        None if extra.is_empty() => return Ok(0),
+        None => {
+            pending.push(Pending {
+                dev: dev.clone(),
+                triples: Vec::new(),
+                staging: None,
+                flushes: 0,
+            });
+            pending.last_mut().expect("pushed")
+        }
+    };
+    send_with(q, extra)
 }
 
 /// Sends one device's queue (the caller holds the `PENDING` lock).
 fn send(q: &mut Pending) -> Result<()> {
-    if q.triples.is_empty() {
-        return Ok(());
+    send_with(q, &[]).map(|_| ())
+}
+
+/// Sends one device's queue and `extra` in one copy; returns the device address of `extra`
+/// (0 when empty).
+fn send_with(q: &mut Pending, extra: &[u32]) -> Result<u64> {
+    if q.triples.is_empty() && extra.is_empty() {
+        return Ok(0);
     }
     let dev = q.dev.clone();
     let stream = dev.cuda_stream();
+    let n_words = q.triples.len();
+    q.triples.extend_from_slice(extra);
     let need = q.triples.len();
     if q.staging.as_ref().is_none_or(|s| s.len() < need) {
         q.staging = Some(stream.alloc_zeros::<u32>(need.next_power_of_two()).w()?);
@@ -203,20 +253,85 @@ fn send(q: &mut Pending) -> Result<()> {
     let staging = q.staging.as_mut().expect("allocated above");
     {
         let mut dst = staging.slice_mut(0..need);
-        stream.memcpy_htod(&q.triples, &mut dst).w()?;
+        let copied = stream.memcpy_htod(&q.triples, &mut dst).w();
+        q.triples.truncate(n_words);
+        copied?;
     }
-    let n = (need / 3) as u32;
+    let n = (n_words / 3) as u32;
     q.triples.clear();
     q.flushes += 1;
-    let k = kernels(&dev)?;
     let (mut ptr, _g) = staging.device_ptr(&stream);
-    let mut n_arg = n;
-    let mut params: [*mut c_void; 2] = [
-        (&mut ptr) as *mut u64 as *mut c_void,
-        (&mut n_arg) as *mut u32 as *mut c_void,
+    let extra_ptr = if extra.is_empty() {
+        0
+    } else {
+        ptr + 4 * n_words as u64
+    };
+    if n > 0 {
+        let k = kernels(&dev)?;
+        let mut n_arg = n;
+        let mut params: [*mut c_void; 2] = [
+            (&mut ptr) as *mut u64 as *mut c_void,
+            (&mut n_arg) as *mut u32 as *mut c_void,
+        ];
+        let blocks = n.div_ceil(THREADS).clamp(1, 1024);
+        launch(&k.scatter, &stream, (blocks, 1, 1), &mut params)?;
+    }
+    Ok(extra_ptr)
+}
+
+/// Processes a penalty count log (see `counts.rs`) for every slot of the tables in `tab`: the
+/// log travels with the queued table writes, then one launch; no synchronisation.
+pub(crate) fn count_drain(tab: &DeviceU32, log: &[u32], slots: usize, w: usize) -> Result<()> {
+    if slots == 0 {
+        return Ok(());
+    }
+    let mut log_ptr = flush_with(&tab.dev, log)?;
+    let k = kernels(&tab.dev)?;
+    let stream = &tab.stream;
+    let (mut ptr, _g) = tab.slice.device_ptr(stream);
+    let (mut width, mut w_arg, mut slots_arg) =
+        (super::counts::row_width(w) as u32, w as u32, slots as u32);
+    let mut params: [*mut c_void; 5] = [
+        arg!(ptr),
+        arg!(width),
+        arg!(w_arg),
+        arg!(log_ptr),
+        arg!(slots_arg),
     ];
-    let blocks = n.div_ceil(THREADS).clamp(1, 1024);
-    launch(&k.scatter, &stream, (blocks, 1, 1), &mut params)
+    launch(&k.counts, stream, (slots as u32, 1, 1), &mut params)
+}
+
+/// Rehashes every slot of the penalty count tables `old` (`old_w` positions) into the zeroed
+/// `new` (`w` positions): one launch, no synchronisation.
+pub(crate) fn count_rehash(
+    old: &DeviceU32,
+    old_w: usize,
+    new: &DeviceU32,
+    w: usize,
+    slots: usize,
+) -> Result<()> {
+    if slots == 0 {
+        return Ok(());
+    }
+    let k = kernels(&old.dev)?;
+    let stream = &old.stream;
+    let (mut o, _g1) = old.slice.device_ptr(stream);
+    let (mut t, _g2) = new.slice.device_ptr(stream);
+    let (mut old_width, mut old_w_arg, mut width, mut w_arg) = (
+        super::counts::row_width(old_w) as u32,
+        old_w as u32,
+        super::counts::row_width(w) as u32,
+        w as u32,
+    );
+    let mut params: [*mut c_void; 6] = [
+        arg!(o),
+        arg!(old_width),
+        arg!(old_w_arg),
+        arg!(t),
+        arg!(width),
+        arg!(w_arg),
+    ];
+    launch(&k.rehash, stream, (slots as u32, 1, 1), &mut params)
 }
 
 /// The loaded kernels of one device.
@@ -240,6 +355,9 @@ struct Kernels {
     /// The cluster launch chosen per (dtype, vocab), `None` where none fits.
     cluster_plans: Mutex<Vec<(usize, u32, Option<ClusterPlan>)>>,
     scatter: CudaFunction,
+    /// `lp_counts`, `lp_count_rehash` (penalty counts).
+    counts: CudaFunction,
+    rehash: CudaFunction,
     sms: u32,
 }
 
@@ -499,6 +617,8 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
         cluster_always,
         cluster_plans: Mutex::new(Vec::new()),
         scatter: load("lp_scatter")?,
+        counts: load("lp_counts")?,
+        rehash: load("lp_count_rehash")?,
         sms,
     });
     let mut cache = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
@@ -591,12 +711,6 @@ impl<'a> Guards<'a> {
     }
 }
 
-macro_rules! arg {
-    ($x:expr) => {
-        (&mut $x) as *mut _ as *mut c_void
-    };
-}
-
 /// Applies `op` to the contiguous `[batch, vocab]` logits in `storage` in place.
 pub(crate) fn run(
     op: &FusedOp<'_>,
@@ -621,7 +735,9 @@ pub(crate) fn run(
         candle_core::bail!("batch {batch} or vocab {vocab} does not fit in a u32");
     };
     let dev = storage.device.clone();
-    flush(&dev)?; // the processors' queued table writes go first
+    // The processors' queued table writes go first, with the penalty count log in the same copy.
+    let pen_log = op.penalties.and_then(|p| p.counts.payload()).unwrap_or(&[]);
+    let mut pen_log_ptr = flush_with(&dev, pen_log)?;
     let k = kernels(&dev)?;
     let stream = dev.cuda_stream();
 
@@ -653,10 +769,28 @@ pub(crate) fn run(
         let mut n_ids = boost.map_or(0, |(a, _)| a.n_ids as u32);
         let mut boost_v = boost.map_or(0f32, |(_, b)| b);
         let (mut bias, mut bias_w) = guards.table(op.bias, &stream)?;
-        let (mut pen, mut pen_w) = guards.table(op.penalties.map(|p| p.entries), &stream)?;
+        let (mut pen, mut pen_w, mut pen_hw, mut pen_slots) = match op.penalties {
+            Some(p) => {
+                let t = p.counts.cuda().ok_or_else(|| {
+                    candle_core::Error::Msg(
+                        "penalty counts are not on the CUDA device of the logits".into(),
+                    )
+                })?;
+                let (ptr, g) = t.ptr(&stream);
+                guards.0[guards.1] = Some(g);
+                guards.1 += 1;
+                (
+                    ptr,
+                    p.counts.width() as u32,
+                    p.counts.w() as u32,
+                    p.counts.slots() as u32,
+                )
+            }
+            None => (0, 0, 0, 0),
+        };
         let (mut pen_params, _) = guards.table(op.penalties.map(|p| p.params), &stream)?;
         let mut vocab_arg = vocab32;
-        let mut params: [*mut c_void; 14] = [
+        let mut params: [*mut c_void; 17] = [
             arg!(logits),
             arg!(vocab_arg),
             arg!(b0),
@@ -670,9 +804,15 @@ pub(crate) fn run(
             arg!(bias_w),
             arg!(pen),
             arg!(pen_w),
+            arg!(pen_hw),
             arg!(pen_params),
+            arg!(pen_log_ptr),
+            arg!(pen_slots),
         ];
         launch(&k.sparse[which], &stream, (batch32, 1, 1), &mut params)?;
+        if let Some(p) = op.penalties {
+            p.counts.mark_sent();
+        }
     }
 
     // Dense phase.
@@ -867,6 +1007,8 @@ mod tests {
             "lp_dense_once_f32",
             "lp_dense_cluster_bf16",
             "lp_scatter",
+            "lp_counts",
+            "lp_count_rehash",
         ] {
             assert!(ptx.contains(name), "{name} missing from the PTX");
         }

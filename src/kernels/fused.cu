@@ -29,6 +29,9 @@
 // On rows without a temperature, both one-pass kernels mask, take the maximum and cut whole
 // 32-bit words at a time (`LP_PACKED`: packed f16x2/bf16x2 maxima on sm_80 and later).
 // * `lp_scatter`: the deferred single-word writes of every host table of a device, one launch.
+// * `lp_counts`, `lp_count_rehash`: the penalty count tables (see src/kernels/counts.rs),
+//   processed or rehashed outside the sparse phase.
+// The sparse phase first brings the row's penalty counts up to date from the step's log.
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -210,6 +213,67 @@ template <int K> __device__ __forceinline__ void lp_vec_cut(LpVec& q, float thr)
 }
 
 // ------------------------------------------------------------------------------------------
+// Penalty counts (see src/kernels/counts.rs for the layout and the log). A slot row is
+// [used, key_0, value_0, ..., key_{W-1}, value_{W-1}, list_0, ..., list_{W/2-1}];
+// key = token + 1 (0 empty), value = count << 1 | in_prompt.
+
+#define LP_NO_SLOT 0xffffffffu
+#define LP_RESET 0x80000000u
+#define LP_SLOT_MASK 0x3fffffffu
+
+__device__ __forceinline__ u32 lp_home(u32 token, u32 w) {
+    const u32 shift = 64u - (31u - __clz(w));
+    return (u32)(((u64)(token + 1u) * 0x9E3779B97F4A7C15ull) >> shift);
+}
+
+// The position of `token` in the slot row `tab` (W positions), claimed and listed if absent.
+// Safe for concurrent callers of one block or grid.
+__device__ __forceinline__ u32 lp_claim(u32* tab, u32 w, u32 token) {
+    const u32 key = token + 1u;
+    u32 i = lp_home(token, w);
+    for (;;) {
+        u32 k = *reinterpret_cast<volatile u32*>(&tab[1 + 2 * i]);
+        if (k == 0u) {
+            k = atomicCAS(&tab[1 + 2 * i], 0u, key);
+            if (k == 0u) {
+                const u32 pos = atomicAdd(&tab[0], 1u);
+                if (pos < w / 2u) tab[1 + 2 * w + pos] = i;
+                return i;
+            }
+        }
+        if (k == key) return i;
+        i = (i + 1u) & (w - 1u);
+    }
+}
+
+// Processes the log's changes of one slot (called by every thread of a block; ends with a
+// barrier): the reset first, then its entries, in parallel (the updates commute).
+__device__ void lp_count_slot(u32* tab, u32 w, const u32* log, u32 slots, u32 slot) {
+    const u32 tid = threadIdx.x, nt = blockDim.x;
+    const u32 h = log[slot];
+    u32 first = 0u;
+    if (h & LP_RESET) {
+        first = h & ~LP_RESET;
+        for (u32 k = tid; k < 1u + 2u * w; k += nt) tab[k] = 0u;
+    }
+    __syncthreads();
+    const u32 n = log[slots];
+    const u32* e = log + slots + 1;
+    for (u32 k = first + tid; k < n; k += nt) {
+        const u32 a = e[2 * k];
+        if ((a & LP_SLOT_MASK) != slot) continue;
+        const u32 i = lp_claim(tab, w, e[2 * k + 1]);
+        u32* v = &tab[2 + 2 * i];
+        switch (a >> 30) {
+            case 0u: atomicAdd(v, 2u); break;
+            case 1u: atomicSub(v, 2u); break;
+            default: atomicOr(v, 1u); break;
+        }
+    }
+    __syncthreads();
+}
+
+// ------------------------------------------------------------------------------------------
 // Sparse phase.
 
 template <int K>
@@ -218,7 +282,7 @@ __device__ __forceinline__ void lp_sparse(
     const u32* bans0, u32 bans0_w, const u32* bans1, u32 bans1_w,
     const u32* ids, u32 n_ids, float boost,
     const u32* bias, u32 bias_w,
-    const u32* pen, u32 pen_w, const u32* pen_params)
+    u32* pen, u32 pen_w, u32 pen_hw, const u32* pen_params, const u32* pen_log, u32 pen_slots)
 {
     typedef Lp<K> E;
     const u32 row = blockIdx.x;
@@ -248,17 +312,21 @@ __device__ __forceinline__ void lp_sparse(
     }
     __syncthreads();
     if (pen) {
-        const float rep = __uint_as_float(pen_params[3 * row]);
-        const float freq = __uint_as_float(pen_params[3 * row + 1]);
-        const float pres = __uint_as_float(pen_params[3 * row + 2]);
-        if (rep != 1.0f || freq != 0.0f || pres != 0.0f) {
-            const u32* e = pen + (size_t)row * pen_w;
-            const u32 n = e[0];
-            for (u32 k = tid; k < n; k += nt) {
-                const u32 t = e[1 + 2 * k];
-                const u32 packed = e[2 + 2 * k];
-                const u32 count = packed & ~LP_IN_PROMPT;
-                const bool in_prompt = (packed & LP_IN_PROMPT) != 0u;
+        const float rep = __uint_as_float(pen_params[4 * row]);
+        const float freq = __uint_as_float(pen_params[4 * row + 1]);
+        const float pres = __uint_as_float(pen_params[4 * row + 2]);
+        const u32 slot = pen_params[4 * row + 3];
+        if (slot != LP_NO_SLOT && (rep != 1.0f || freq != 0.0f || pres != 0.0f)) {
+            u32* tab = pen + (size_t)slot * pen_w;
+            if (pen_log) lp_count_slot(tab, pen_hw, pen_log, pen_slots, slot);
+            const u32 used = min(tab[0], pen_hw / 2u);
+            const u32* list = tab + 1 + 2 * pen_hw;
+            for (u32 k = tid; k < used; k += nt) {
+                const u32 i = list[k];
+                const u32 t = tab[1 + 2 * i] - 1u;
+                const u32 packed = tab[2 + 2 * i];
+                const u32 count = packed >> 1;
+                const bool in_prompt = (packed & 1u) != 0u;
                 if (count == 0u && !in_prompt) continue;
                 float y = E::get(rowp, t);
                 if (rep != 1.0f) y = y > 0.0f ? __fdiv_rn(y, rep) : __fmul_rn(y, rep);
@@ -1003,10 +1071,10 @@ __device__ __forceinline__ void lp_dense_cluster(
 #define LP_ENTRY(NAME, K)                                                                      \
     extern "C" __global__ void __launch_bounds__(256) lp_sparse_##NAME(                        \
         char* logits, u32 vocab, const u32* bans0, u32 bans0_w, const u32* bans1, u32 bans1_w, \
-        const u32* ids, u32 n_ids, float boost, const u32* bias, u32 bias_w, const u32* pen,   \
-        u32 pen_w, const u32* pen_params) {                                                    \
+        const u32* ids, u32 n_ids, float boost, const u32* bias, u32 bias_w, u32* pen,         \
+        u32 pen_w, u32 pen_hw, const u32* pen_params, const u32* pen_log, u32 pen_slots) {      \
         lp_sparse<K>(logits, vocab, bans0, bans0_w, bans1, bans1_w, ids, n_ids, boost, bias,   \
-                     bias_w, pen, pen_w, pen_params);                                          \
+                     bias_w, pen, pen_w, pen_hw, pen_params, pen_log, pen_slots);              \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(256) lp_dense_##NAME(                         \
         char* logits, u32 batch, u32 vocab, u32 chunk, const u32* keep_t, u32 keep_w,          \
@@ -1039,5 +1107,29 @@ extern "C" __global__ void __launch_bounds__(256) lp_scatter(const u32* triples,
     for (u32 k = blockIdx.x * blockDim.x + threadIdx.x; k < n; k += gridDim.x * blockDim.x) {
         const u64 addr = (u64)triples[3 * k] | ((u64)triples[3 * k + 1] << 32);
         *reinterpret_cast<u32*>(addr) = triples[3 * k + 2];
+    }
+}
+
+// Penalty counts: processes the whole log (grid: one block per slot), for steps whose changes
+// pile up between two applies.
+extern "C" __global__ void __launch_bounds__(256) lp_counts(u32* tab, u32 width, u32 w,
+                                                            const u32* log, u32 slots) {
+    lp_count_slot(tab + (size_t)blockIdx.x * width, w, log, slots, blockIdx.x);
+}
+
+// Penalty counts: rehashes every slot (grid: one block per slot) from `old` (W = old_w) into
+// the zeroed `tab` (W = w), dropping entries whose count is 0 outside the prompt.
+extern "C" __global__ void __launch_bounds__(256) lp_count_rehash(const u32* old, u32 old_width,
+                                                                  u32 old_w, u32* tab,
+                                                                  u32 width, u32 w) {
+    const u32* o = old + (size_t)blockIdx.x * old_width;
+    u32* t = tab + (size_t)blockIdx.x * width;
+    const u32 used = min(o[0], old_w / 2u);
+    for (u32 k = threadIdx.x; k < used; k += blockDim.x) {
+        const u32 i = o[1 + 2 * old_w + k];
+        const u32 v = o[2 + 2 * i];
+        if (v == 0u) continue;
+        const u32 j = lp_claim(t, w, o[1 + 2 * i] - 1u);
+        t[2 + 2 * j] = v;
     }
 }

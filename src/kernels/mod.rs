@@ -7,8 +7,9 @@
 //! `[batch, vocab]` logits, in place, in two phases:
 //!
 //! 1. **sparse**: per row, only listed tokens are touched, in this order: bans (−inf), the
-//!    global boost, the per-row bias, the penalties; each effect reads the logit, computes in
-//!    f32 and stores it rounded to the logits' dtype;
+//!    global boost, the per-row bias, the penalties (whose token counts the phase first brings
+//!    up to date from the step's logged output changes, see [`counts`]); each effect reads the
+//!    logit, computes in f32 and stores it rounded to the logits' dtype;
 //! 2. **dense**: keep-masks (a per-row id list or bitmask, a global id mask, the step's
 //!    grammar bitmask) send every token outside their intersection to −inf, written without
 //!    reading; then temperature (`x / T`, rounded) and min-p (`x < max + ln(min_p)` → −inf,
@@ -25,19 +26,21 @@
 
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, Tensor};
 
+pub(crate) mod counts;
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 pub(crate) mod table;
 
+use counts::CountTable;
 use table::RowTable;
 
 /// Header of a per-row keep table row stored as a bitmask (the words follow).
 pub(crate) const KEEP_BITMASK: u32 = u32::MAX;
 /// Keep sets up to this size are stored as sorted id lists; larger ones as bitmasks.
 pub(crate) const KEEP_LIST_MAX: usize = 64;
-/// Bit of a penalty entry's packed word: the token occurs in the prompt.
-pub(crate) const IN_PROMPT: u32 = 1 << 31;
+/// The penalty slot of a row without one.
+pub(crate) const NO_SLOT: u32 = u32::MAX;
 /// `ln(min_p)` of a row without min-p.
 pub(crate) const NO_MIN_P: f32 = f32::NEG_INFINITY;
 
@@ -88,11 +91,12 @@ impl<'a> StepMask<'a> {
     }
 }
 
-/// Penalties: `entries` rows are `[n, token_0, packed_0, …]` (`packed` = output count, plus
-/// [`IN_PROMPT`]); `params` rows are `[repetition, frequency, presence]` as f32 bits.
+/// Penalties: `params` rows are `[repetition, frequency, presence]` as f32 bits and the row's
+/// slot in `counts` ([`NO_SLOT`] for none); `counts` holds each slot's token counts and the log
+/// of changes that the sparse phase applies before the penalties (see [`counts`]).
 #[derive(Clone, Copy)]
 pub(crate) struct PenaltySpec<'a> {
-    pub(crate) entries: &'a RowTable,
+    pub(crate) counts: &'a CountTable,
     pub(crate) params: &'a RowTable,
 }
 

@@ -91,6 +91,18 @@ struct RowOutput {
     cursor: Option<OutputCursor>,
 }
 
+/// The rows' outputs as the pipeline's cursors hold them.
+struct Lists<'a>(&'a RowLedger<RowOutput>);
+
+impl crate::output::RowTokens for Lists<'_> {
+    fn tokens(&self, row: usize) -> &[u32] {
+        self.0
+            .get(row)
+            .and_then(|r| r.cursor.as_ref())
+            .map_or(&[][..], |c| c.tokens())
+    }
+}
+
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
@@ -304,27 +316,45 @@ impl Pipeline {
                     self.outputs.push_row(row, cursor, token(row), true);
                 }
             }
-            self.changed.clear();
-            for (row, r) in self.ledger.rows() {
-                let Some(c) = r.and_then(|r| r.cursor.as_ref()) else {
-                    continue;
-                };
-                if !self.outputs.has(row) && (sampled.is_some() || !c.unchanged()) {
-                    self.changed.push(row);
+            if let Some(tokens) = sampled {
+                // Every row changes: warm the rows' lists and cursors first (the loads overlap),
+                // then one pass, in row order.
+                let mut acc = 0u64;
+                for (_, r) in self.ledger.rows() {
+                    if let Some(c) = r.and_then(|r| r.cursor.as_ref()) {
+                        acc ^= c.warm();
+                    }
                 }
-            }
-            // Warm the changed rows' lists and cursors first: the loads overlap instead of
-            // missing one row after another (the lists are scattered over the heap).
-            let mut acc = 0u64;
-            for &row in &self.changed {
-                if let Some(c) = self.ledger.get(row).and_then(|r| r.cursor.as_ref()) {
-                    acc ^= c.warm();
+                std::hint::black_box(acc);
+                for (row, &t) in tokens.iter().enumerate().take(batch) {
+                    if !self.outputs.has(row) {
+                        let cursor = self.ledger.get_mut(row).and_then(|r| r.cursor.as_mut());
+                        self.outputs.push_row(row, cursor, Some(t), false);
+                    }
                 }
-            }
-            std::hint::black_box(acc);
-            for &row in &self.changed {
-                let cursor = self.ledger.get_mut(row).and_then(|r| r.cursor.as_mut());
-                self.outputs.push_row(row, cursor, token(row), false);
+            } else {
+                self.changed.clear();
+                for (row, r) in self.ledger.rows() {
+                    let Some(c) = r.and_then(|r| r.cursor.as_ref()) else {
+                        continue;
+                    };
+                    if !self.outputs.has(row) && !c.unchanged() {
+                        self.changed.push(row);
+                    }
+                }
+                // Warm the changed rows' lists and cursors first: the loads overlap instead of
+                // missing one row after another (the lists are scattered over the heap).
+                let mut acc = 0u64;
+                for &row in &self.changed {
+                    if let Some(c) = self.ledger.get(row).and_then(|r| r.cursor.as_ref()) {
+                        acc ^= c.warm();
+                    }
+                }
+                std::hint::black_box(acc);
+                for &row in &self.changed {
+                    let cursor = self.ledger.get_mut(row).and_then(|r| r.cursor.as_mut());
+                    self.outputs.push_row(row, cursor, None, false);
+                }
             }
         } else if sampled.is_some() {
             for (row, r) in self.ledger.rows() {
@@ -333,15 +363,20 @@ impl Pipeline {
                 }
             }
         }
-        let outputs = &self.outputs;
+        let (outputs, lists) = (&self.outputs, &Lists(&self.ledger));
         self.stages.iter_mut().try_for_each(|s| match &mut s.0 {
-            Kind::Builtin(b) => b.update_fed(update, outputs),
+            Kind::Builtin(b) => b.update_fed(update, outputs, lists),
             Kind::Custom(c) => c.update_state(update),
         })
     }
 
     fn run(&mut self, logits: &Tensor, greedy: bool) -> Result<()> {
         self.config.check_logits(logits, self.ledger.batch_size())?;
+        for stage in &mut self.stages {
+            if let Kind::Builtin(b) = &mut stage.0 {
+                b.prepare_step()?;
+            }
+        }
         let result = self.run_stages(logits, greedy);
         for stage in &mut self.stages {
             if let Kind::Builtin(b) = &mut stage.0 {

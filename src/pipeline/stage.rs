@@ -69,6 +69,11 @@ pub(crate) trait Builtin: LogitsProcessor {
     fn batch_size(&self) -> usize;
     /// What it contributes to the step's fused pass (`None`: nothing this step).
     fn part(&self) -> Option<Part<'_>>;
+    /// Called before every apply, before [`part`](Self::part): host work the fused op needs
+    /// first (the CPU's share of a device-side update).
+    fn prepare_step(&mut self) -> crate::error::Result<()> {
+        Ok(())
+    }
     /// Called after every apply of the pipeline (a per-step input is consumed).
     fn finish_step(&mut self) {}
     /// Whether it reads output tokens; a pipeline then reads them once for all such stages.
@@ -78,11 +83,13 @@ pub(crate) trait Builtin: LogitsProcessor {
     /// From now on the output changes come from [`update_fed`](Self::update_fed) (a pipeline
     /// reads them); the processor opens no cursors of its own.
     fn set_fed(&mut self) {}
-    /// `update_state` with this step's output changes, read by the pipeline for every row.
+    /// `update_state` with this step's output changes, read by the pipeline for every row, and
+    /// the rows' outputs as the pipeline follows them.
     fn update_fed(
         &mut self,
         update: Option<&crate::batch::BatchUpdate>,
         _outputs: &crate::output::StepOutputs,
+        _lists: &dyn crate::output::RowTokens,
     ) -> crate::error::Result<()> {
         self.update_state(update)
     }

@@ -5,7 +5,7 @@ use crate::config::ProcessorConfig;
 use crate::error::{ParamsError, Result};
 use crate::kernels::table::RowTable;
 use crate::ledger::RowLedger;
-use crate::output::{for_changes, OutputChange, OutputCursor, StepOutputs};
+use crate::output::{OutputChange, OutputCursor, RowTokens, StepOutputs};
 use crate::params::RequestParams;
 use crate::pipeline::stage::{Builtin, Part};
 use crate::processor::LogitsProcessor;
@@ -17,15 +17,18 @@ const PARAM: &str = "bad_words_token_ids";
 /// ([`RequestParams::bad_words_token_ids`]): when a request's output ends with all but the last
 /// token of a sequence, that last token is −inf; a one-token sequence is always banned.
 ///
-/// The output is followed through an [`OutputCursor`](crate::OutputCursor), so appends and
-/// rollbacks are seen at every `update_state` (call it every step, with `None` when the batch
+/// The output is followed through an [`OutputCursor`](crate::OutputCursor) (in a pipeline, the
+/// pipeline's, shared with the other stages: no copy of its own), so appends and rollbacks are
+/// seen at every `update_state` (call it every step, with `None` when the batch
 /// did not change).
 ///
 /// # State and cost
 ///
-/// A per-row ban list on the device. `update_state`: for each request with multi-token
-/// sequences, its new output tokens plus one comparison per sequence of the output's tail
-/// (O(sequence length)); a device write only when the banned set changes. `apply`: writes −inf
+/// A per-row ban list on the device; no copy of the output (the cursor's is read).
+/// `update_state`: for each request with multi-token sequences whose output changed, one
+/// lookup of its last token among the sequences' prefix ends and, when it is one, one
+/// comparison per sequence of the output's tail (O(sequence length)); a device write only when
+/// the banned set changes. `apply`: writes −inf
 /// over the banned ids only.
 ///
 /// # Errors
@@ -67,6 +70,11 @@ pub struct BadWords {
     scratch: Vec<u32>,
     /// Rows touched by the current update (reused).
     marks: Vec<bool>,
+    /// Per row of the batch: a 64-bit filter of its sequences' prefix ends (bit `t % 64`; 0 for
+    /// a row without longer sequences), and whether a longer sequence matched last time: a step
+    /// skips a row whose new last token is not in the filter without reading its state.
+    ends: Vec<u64>,
+    matched: Vec<bool>,
     /// In a pipeline: output changes come from the pipeline.
     fed: bool,
 }
@@ -78,12 +86,11 @@ struct Row {
     /// Longer sequences.
     words: Vec<Vec<u32>>,
     /// The last token of each longer sequence's prefix (sorted, distinct): an output whose
-    /// last token is not among them matches no longer sequence.
-    prefix_ends: Vec<u32>,
-    /// The request's output (standalone only).
+    /// last token is not among them matches no longer sequence. Inline for a few sequences:
+    /// the step's check reads no other cache line.
+    prefix_ends: smallvec::SmallVec<[u32; 6]>,
+    /// The request's output (standalone only; in a pipeline the pipeline's copy is read).
     cursor: Option<OutputCursor>,
-    /// The output as of this step, when the request has longer sequences.
-    output: Vec<u32>,
     /// The banned set written to the table (sorted).
     banned: Vec<u32>,
 }
@@ -101,6 +108,8 @@ impl BadWords {
             table: RowTable::new(config.max_batch_size(), 1 + 4, 0, config.device())?,
             scratch: Vec::new(),
             marks: vec![false; config.max_batch_size()],
+            ends: vec![0; config.max_batch_size()],
+            matched: vec![false; config.max_batch_size()],
             fed: false,
         })
     }
@@ -153,7 +162,7 @@ impl LogitsProcessor for BadWords {
     }
 
     fn update_state(&mut self, update: Option<&BatchUpdate>) -> Result<()> {
-        self.update(update, None)
+        self.update(update, None, None)
     }
 
     apply_alone!();
@@ -164,7 +173,12 @@ impl LogitsProcessor for BadWords {
 }
 
 impl BadWords {
-    fn update(&mut self, update: Option<&BatchUpdate>, fed: Option<&StepOutputs>) -> Result<()> {
+    fn update(
+        &mut self,
+        update: Option<&BatchUpdate>,
+        fed: Option<&StepOutputs>,
+        lists: Option<&dyn RowTokens>,
+    ) -> Result<()> {
         let (config, own) = (&self.config, !self.fed);
         self.ledger.apply(update, |a| {
             check(config, &a.params)?;
@@ -177,10 +191,9 @@ impl BadWords {
             let ends: Vec<u32> = words.iter().map(|w| w[w.len() - 2]).collect();
             Ok(Some(Row {
                 singles: sorted_set(&singles),
-                prefix_ends: sorted_set(&ends),
+                prefix_ends: sorted_set(&ends).into_iter().collect(),
                 cursor: (own && !words.is_empty()).then(|| a.output_token_ids.cursor()),
                 words,
-                output: Vec::new(),
                 banned: Vec::new(),
             }))
         })?;
@@ -188,61 +201,94 @@ impl BadWords {
             self.marks[row] = true;
         }
         let batch = self.ledger.batch_size();
-        if let Some(o) = fed {
-            // Warm the outputs of the changed rows first: their loads overlap.
-            let mut acc = 0u32;
-            for row in o.rows() {
-                if let Some(r) = self.ledger.get(row) {
-                    acc ^= r.output.last().copied().unwrap_or(0);
-                }
-            }
-            std::hint::black_box(acc);
-        }
-        let (table, scratch, marks) = (&mut self.table, &mut self.scratch, &mut self.marks);
+        let (table, scratch) = (&mut self.table, &mut self.scratch);
         let mut result = Ok(());
-        let mut step = |row: usize, state: Option<&mut Row>, touched: bool| {
+        // Returns the row's filter of prefix ends and whether a longer sequence matches now.
+        let mut step = |row: usize, state: Option<&mut Row>, touched: bool| -> (u64, bool) {
             let Some(r) = state else {
                 if touched {
                     result =
                         std::mem::replace(&mut result, Ok(())).and(write_list(table, row, 1, &[]));
                 }
-                return;
+                return (0, false);
             };
-            let mut changed = 0;
-            if !r.words.is_empty() {
-                let output = &mut r.output;
-                changed = for_changes(fed, row, r.cursor.as_mut(), |c| match c {
-                    OutputChange::Appended(t) => output.push(t),
-                    OutputChange::Removed(_) => {
-                        output.pop();
+            let Row {
+                singles,
+                words,
+                prefix_ends,
+                cursor,
+                banned: row_banned,
+            } = r;
+            let filter = prefix_ends.iter().fold(0u64, |b, &t| b | 1 << (t % 64));
+            // The output (with the number of changes this step), when a longer sequence may
+            // match it.
+            let (changed, output): (usize, &[u32]) = if words.is_empty() {
+                (0, &[])
+            } else {
+                match (fed, lists, cursor.as_mut()) {
+                    (Some(o), Some(l), _) => (o.row(row).len(), l.tokens(row)),
+                    (_, _, Some(c)) => {
+                        let n = c.sync(|_| {});
+                        (n, c.tokens())
                     }
-                });
-            }
+                    _ => (0, &[]),
+                }
+            };
+            let was = row_banned.len() != singles.len();
             if !touched && changed == 0 {
-                return;
+                return (filter, was);
             }
             // Fast path: no longer sequence can match and none did before.
-            let may_match = r
-                .output
+            let may_match = output
                 .last()
-                .is_some_and(|t| r.prefix_ends.binary_search(t).is_ok());
-            if !touched && !may_match && r.banned.len() == r.singles.len() {
-                return;
+                .is_some_and(|t| prefix_ends.binary_search(t).is_ok());
+            if !touched && !may_match && !was {
+                return (filter, false);
             }
-            let matched = banned(&r.singles, &r.words, &r.output, scratch);
-            if !touched && !matched && r.banned.len() == r.singles.len() {
-                return; // still just the one-token sequences
+            let matched = banned(singles, words, output, scratch);
+            if !touched && !matched && !was {
+                return (filter, false); // still just the one-token sequences
             }
-            if touched || *scratch != r.banned {
-                std::mem::swap(scratch, &mut r.banned);
+            if touched || *scratch != *row_banned {
+                std::mem::swap(scratch, row_banned);
                 result = std::mem::replace(&mut result, Ok(()))
-                    .and(write_list(table, row, 1, &r.banned));
+                    .and(write_list(table, row, 1, row_banned));
             }
+            (filter, matched)
         };
-        crate::processors::visit_step_rows(&mut self.ledger, fed, marks, batch, &mut step);
+        let (ends, matched, marks) = (&mut self.ends, &mut self.matched, &mut self.marks);
+        match fed {
+            Some(o) => {
+                for i in 0..self.ledger.touched().len() {
+                    let row = self.ledger.touched()[i];
+                    if row < batch {
+                        (ends[row], matched[row]) = step(row, self.ledger.get_mut(row), true);
+                    }
+                }
+                for (row, _, changes) in o.entries() {
+                    if marks[row] || ends[row] == 0 {
+                        continue;
+                    }
+                    // The new last token, when the step ends with an append: a row whose last
+                    // token ends no prefix and that matched nothing before needs no visit.
+                    if let Some(OutputChange::Appended(t)) = changes.last() {
+                        if ends[row] >> (t % 64) & 1 == 0 && !matched[row] {
+                            continue;
+                        }
+                    }
+                    (ends[row], matched[row]) = step(row, self.ledger.get_mut(row), false);
+                }
+            }
+            None => {
+                for (row, state) in self.ledger.rows_mut() {
+                    (ends[row], matched[row]) = step(row, state, marks[row]);
+                }
+            }
+        }
         // Rows past the batch that an update emptied.
         for &row in self.ledger.touched() {
             if std::mem::take(&mut marks[row]) && row >= batch {
+                (ends[row], matched[row]) = (0, false);
                 result = result.and(write_list(table, row, 1, &[]));
             }
         }
@@ -262,8 +308,13 @@ impl Builtin for BadWords {
         self.fed = true;
     }
 
-    fn update_fed(&mut self, update: Option<&BatchUpdate>, outputs: &StepOutputs) -> Result<()> {
-        self.update(update, Some(outputs))
+    fn update_fed(
+        &mut self,
+        update: Option<&BatchUpdate>,
+        outputs: &StepOutputs,
+        lists: &dyn RowTokens,
+    ) -> Result<()> {
+        self.update(update, Some(outputs), Some(lists))
     }
 
     fn part(&self) -> Option<Part<'_>> {

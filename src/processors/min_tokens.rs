@@ -62,6 +62,10 @@ pub struct MinTokens {
     table: RowTable,
     /// In a pipeline: output lengths come from the pipeline.
     fed: bool,
+    /// Per row of the batch: its request's `min_tokens` (0 without one), and whether its stop
+    /// tokens are banned now: a step reads these flat arrays, not the rows' state.
+    mins: Vec<usize>,
+    banning: Vec<bool>,
 }
 
 #[derive(Debug)]
@@ -103,6 +107,8 @@ impl MinTokens {
             ledger: RowLedger::new(config.max_batch_size()),
             table: RowTable::new(config.max_batch_size(), 1 + 4, 0, config.device())?,
             fed: false,
+            mins: vec![0; config.max_batch_size()],
+            banning: vec![false; config.max_batch_size()],
         })
     }
 
@@ -165,40 +171,50 @@ impl MinTokens {
             let words = match self.ledger.get_mut(row) {
                 Some(r) => {
                     r.banning = len_of(row, r) < r.min;
+                    self.mins[row] = r.min;
+                    self.banning[row] = r.banning;
                     if r.banning {
                         &r.stops[..]
                     } else {
                         &[][..]
                     }
                 }
-                None => &[][..],
+                None => {
+                    self.mins[row] = 0;
+                    &[][..]
+                }
             };
             write_list(&mut self.table, row, 1, words)?;
         }
         // Every request whose output changed (fed: the rows with an entry; alone: all): the ban
         // flips when its output crosses `min` (either way: rollback).
-        let (table, ledger) = (&mut self.table, &mut self.ledger);
-        let mut flip = |row: usize, r: &mut Row| {
-            let banning = len_of(row, r) < r.min;
-            if banning == r.banning {
-                return Ok(());
-            }
-            r.banning = banning;
-            let words = if banning { &r.stops[..] } else { &[][..] };
-            write_list(table, row, 1, words)
-        };
         match fed {
             Some(o) => {
-                for row in o.rows() {
-                    if let Some(r) = ledger.get_mut(row) {
-                        flip(row, r)?;
+                for (row, len, _) in o.entries() {
+                    let min = self.mins[row];
+                    if min == 0 || (len < min) == self.banning[row] {
+                        continue;
+                    }
+                    let banning = len < min;
+                    self.banning[row] = banning;
+                    if let Some(r) = self.ledger.get_mut(row) {
+                        r.banning = banning;
+                        let words = if banning { &r.stops[..] } else { &[][..] };
+                        write_list(&mut self.table, row, 1, words)?;
                     }
                 }
             }
             None => {
-                for (row, state) in ledger.rows_mut() {
-                    if let Some(r) = state {
-                        flip(row, r)?;
+                for (row, state) in self.ledger.rows_mut() {
+                    let Some(r) = state else {
+                        continue;
+                    };
+                    let banning = len_of(row, r) < r.min;
+                    if banning != r.banning {
+                        r.banning = banning;
+                        self.banning[row] = banning;
+                        let words = if banning { &r.stops[..] } else { &[][..] };
+                        write_list(&mut self.table, row, 1, words)?;
                     }
                 }
             }
@@ -218,7 +234,12 @@ impl Builtin for MinTokens {
         self.fed = true;
     }
 
-    fn update_fed(&mut self, update: Option<&BatchUpdate>, outputs: &StepOutputs) -> Result<()> {
+    fn update_fed(
+        &mut self,
+        update: Option<&BatchUpdate>,
+        outputs: &StepOutputs,
+        _lists: &dyn crate::output::RowTokens,
+    ) -> Result<()> {
         self.update(update, Some(outputs))
     }
 

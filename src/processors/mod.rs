@@ -3,7 +3,6 @@
 mod allowed_ids;
 mod bad_words;
 mod force_token;
-mod id_index;
 mod logit_bias;
 mod min_p;
 mod min_tokens;
@@ -22,8 +21,6 @@ pub use temperature::Temperature;
 pub use token_bitmask::TokenBitmask;
 
 use crate::kernels::table::RowTable;
-use crate::ledger::RowLedger;
-use crate::output::StepOutputs;
 
 /// Above this many words a row is rewritten as one span rather than word by word.
 const SPAN_WORDS: usize = 64;
@@ -49,39 +46,6 @@ pub(crate) fn write_list(
         table.set(row, 0, n);
     }
     Ok(())
-}
-
-/// Calls `step(row, state, touched)` on the rows a step must revisit, `touched` meaning that the
-/// update changed the row's request. Fed by the pipeline (`fed`): the touched rows inside the
-/// batch, then the rows whose output changed and that the update did not touch. Alone: every row,
-/// touched where `marks[row]`. Cost: O(touched + changed rows) fed, O(capacity) alone.
-pub(crate) fn visit_step_rows<T>(
-    ledger: &mut RowLedger<T>,
-    fed: Option<&StepOutputs>,
-    marks: &[bool],
-    batch: usize,
-    step: &mut impl FnMut(usize, Option<&mut T>, bool),
-) {
-    match fed {
-        Some(o) => {
-            for i in 0..ledger.touched().len() {
-                let row = ledger.touched()[i];
-                if row < batch {
-                    step(row, ledger.get_mut(row), true);
-                }
-            }
-            for row in o.rows() {
-                if !marks[row] {
-                    step(row, ledger.get_mut(row), false);
-                }
-            }
-        }
-        None => {
-            for (row, state) in ledger.rows_mut() {
-                step(row, state, marks[row]);
-            }
-        }
-    }
 }
 
 /// Sorted, distinct copy of `ids`.
@@ -113,6 +77,7 @@ macro_rules! apply_alone {
         fn apply(&mut self, logits: &candle_core::Tensor) -> crate::error::Result<()> {
             use crate::pipeline::stage::Builtin;
             self.config.check_logits(logits, self.ledger.batch_size())?;
+            self.prepare_step()?;
             let mut op =
                 crate::kernels::FusedOp::new(self.ledger.batch_size(), self.config.vocab_size());
             if let Some(part) = self.part() {

@@ -3,14 +3,16 @@
 use crate::batch::BatchUpdate;
 use crate::config::ProcessorConfig;
 use crate::error::{ParamsError, Result};
+use std::sync::Arc;
+
+use crate::kernels::counts::{CountTable, ADD, PROMPT, SUB};
 use crate::kernels::table::RowTable;
-use crate::kernels::{PenaltySpec, IN_PROMPT};
+use crate::kernels::{PenaltySpec, NO_SLOT};
 use crate::ledger::RowLedger;
-use crate::output::{for_changes, OutputChange, OutputCursor, StepOutputs};
+use crate::output::{for_changes, OutputChange, OutputCursor, OutputTokens, StepOutputs};
 use crate::params::RequestParams;
 use crate::pipeline::stage::{Builtin, Part};
 use crate::processor::LogitsProcessor;
-use crate::processors::id_index::IdIndex as Index;
 use crate::processors::{apply_alone, builtin_basics};
 
 /// The penalties of vLLM's sampler:
@@ -23,18 +25,31 @@ use crate::processors::{apply_alone, builtin_basics};
 /// In that order, in f32, rounded once to the logits' dtype:
 /// `y = rep(x); y -= frequency × count; y -= presence` for tokens with `count > 0`.
 ///
-/// Token counts live on the device and are updated from the **new** output tokens of each step
-/// (and the tokens rolled back), read through an [`OutputCursor`](crate::OutputCursor) — never
-/// recounted from the whole history. Output tokens outside the vocabulary are ignored (as
+/// Token counts live on the device and are updated there from the **new** output tokens of each
+/// step (and the tokens rolled back), read through an [`OutputCursor`](crate::OutputCursor) —
+/// never recounted from the whole history. Output tokens outside the vocabulary are ignored (as
 /// vLLM's padding id is). The prompt is read from
 /// [`AddedRequest::prompt_token_ids`](crate::AddedRequest) when the request joins.
 ///
 /// # State and cost
 ///
-/// Per request, a list of the distinct tokens seen (prompt and output) with their output counts,
-/// on the device; a host index from token to entry. `update_state`: O(new tokens) per row, one
-/// asynchronous scatter of the changed words for the whole batch. `apply`: reads and writes only
-/// the listed logits (no dense pass, no `[batch, vocab]` count tensor).
+/// Per request, a *slot*: a small hash table from token to count (and an in-prompt flag) that
+/// lives where the logits are (host memory on the CPU, device memory on CUDA) and that the
+/// request keeps wherever its row moves. The host keeps no per-token state: `update_state`
+/// logs each output change (an 8-byte entry per appended or rolled-back token, O(1) per row,
+/// no lookup) and `apply`'s sparse pass applies the step's log to the tables before it
+/// penalises the listed tokens (on CUDA the log travels in the same host-to-device copy as the
+/// step's other table writes; no extra launch, no synchronisation). A request joining logs its
+/// prompt the same way. When the log grows long between two applies (`update_state` called
+/// many times without `apply`) it is processed on its own (one launch on CUDA).
+///
+/// Memory: each table is kept at most half full for an upper bound of the request's distinct
+/// tokens (its prompt plus the tokens appended since it joined, at most the vocabulary; on the
+/// CPU re-read as the exact count whenever the log is processed). All slots share one size,
+/// that of the largest bound, about 20 bytes per distinct token of the largest request per
+/// slot of the batch capacity; growing rehashes every slot where the tables live (amortised
+/// like a `Vec` doubling; one launch on CUDA). `apply`: reads and writes only the listed logits
+/// (no dense pass, no `[batch, vocab]` count tensor).
 ///
 /// # Errors
 ///
@@ -69,23 +84,41 @@ use crate::processors::{apply_alone, builtin_basics};
 pub struct Penalties {
     config: ProcessorConfig,
     ledger: RowLedger<Row>,
-    entries: RowTable,
+    counts: CountTable,
+    /// Per row: `[repetition, frequency, presence, slot]`.
     params: RowTable,
     /// Rows touched by the current update (reused).
     marks: Vec<bool>,
     /// In a pipeline: output changes come from the pipeline.
     fed: bool,
+    /// Slots held by no request.
+    free: Vec<u32>,
+    /// Per slot: an upper bound of the distinct tokens in its table.
+    bound: Vec<u32>,
+    /// Per row: the slot of its request (`NO_SLOT` for none), for the rows of the batch.
+    slot_of: Vec<u32>,
+    /// Scratch of an update: the slots held by the rows it names, and a stamp per slot.
+    was: Vec<u32>,
+    stamp: Vec<u32>,
+    epoch: u32,
 }
 
 #[derive(Debug)]
 struct Row {
     params: [f32; 3],
-    /// The request's output (standalone only).
+    /// The request's slot in the count tables (`NO_SLOT` until assigned after the update).
+    slot: u32,
+    /// The prompt, until it is logged into the slot.
+    prompt: Option<Arc<[u32]>>,
+    /// The request's output (for [`Penalties::output_count`]).
+    out: OutputTokens,
+    /// The request's output cursor (standalone only).
     cursor: Option<OutputCursor>,
-    index: Index,
-    /// `[token, packed]` pairs, flat.
-    entries: Vec<u32>,
 }
+
+/// Processed log entries above this many (per slot of capacity, at least 4096) are processed
+/// on their own at the end of an update.
+const DRAIN_PER_SLOT: usize = 64;
 
 impl Penalties {
     /// A Penalties for `config`.
@@ -95,14 +128,19 @@ impl Penalties {
     /// A device error while allocating.
     pub fn new(config: &ProcessorConfig) -> Result<Self> {
         let rows = config.max_batch_size();
-        let neutral = 0u32; // overwritten per row; rows without a request have n = 0
         Ok(Self {
             config: config.clone(),
             ledger: RowLedger::new(rows),
-            entries: RowTable::new(rows, 1 + 2 * 16, 0, config.device())?,
-            params: RowTable::new(rows, 3, neutral, config.device())?,
+            counts: CountTable::new(rows, config.device())?,
+            params: RowTable::new(rows, 4, NO_SLOT, config.device())?,
             marks: vec![false; rows],
             fed: false,
+            free: (0..rows as u32).rev().collect(),
+            bound: vec![0; rows],
+            slot_of: vec![NO_SLOT; rows],
+            was: Vec::new(),
+            stamp: vec![0; rows],
+            epoch: 0,
         })
     }
 
@@ -111,11 +149,74 @@ impl Penalties {
         self.ledger.batch_size()
     }
 
-    /// The output count of `token` in the request at `row` (as of the last `update_state`).
+    /// The number of times `token` occurs in the output of the request at `row`, counted from
+    /// the request's output list (as of now; O(output length), no device access); `None` for a
+    /// row without a request that uses penalties. Tokens outside the vocabulary are not counted
+    /// by the penalties (see [`read_count`](Self::read_count) for the count they use).
     pub fn output_count(&self, row: usize, token: u32) -> Option<u32> {
         let r = self.ledger.get(row)?;
-        let i = r.index.get(token)? as usize;
-        Some(r.entries[2 * i + 1] & !IN_PROMPT)
+        if token as usize >= self.config.vocab_size() {
+            return Some(0);
+        }
+        Some(r.out.occurrences(token) as u32)
+    }
+
+    /// The output count of `token` that the penalties of the request at `row` use, read from
+    /// its count table after processing every logged change (as of the last `update_state`);
+    /// `None` for a row without a request that uses penalties.
+    ///
+    /// # Errors
+    ///
+    /// A device error.
+    ///
+    /// # Cost
+    ///
+    /// Processes the pending log (O(entries)) and looks the token up. On CUDA: one launch, one
+    /// copy of the row's table to the host and a **synchronisation** — for tests and
+    /// inspection, not for the decode loop.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use logits_processors::*;
+    ///
+    /// let config = ProcessorConfig::builder().max_batch_size(1).vocab_size(8).build()?;
+    /// let mut pen = Penalties::new(&config)?;
+    /// let out = OutputTokens::new();
+    /// let mut b = BatchUpdateBuilder::new();
+    /// b.add(0, Arc::new(RequestParams::new().with_frequency_penalty(0.5)))
+    ///     .with_output_tokens(out.clone());
+    /// pen.update_state(b.build(1))?;
+    /// out.extend(&[3, 3, 5]);
+    /// out.truncate(2); // speculative decoding rejected the 5
+    /// pen.update_state(None)?;
+    /// assert_eq!(pen.read_count(0, 3)?, Some(2));
+    /// assert_eq!(pen.read_count(0, 5)?, Some(0));
+    /// assert_eq!(pen.output_count(0, 3), Some(2)); // the same, counted in the list
+    /// # Ok::<(), logits_processors::Error>(())
+    /// ```
+    pub fn read_count(&mut self, row: usize, token: u32) -> Result<Option<u32>> {
+        let Some(r) = self.ledger.get(row) else {
+            return Ok(None);
+        };
+        if r.slot == NO_SLOT || token as usize >= self.config.vocab_size() {
+            return Ok(Some(0));
+        }
+        let slot = r.slot as usize;
+        Ok(Some(self.counts.read(slot, token)?.0))
+    }
+
+    /// CPU: after the log was processed, the exact distinct counts replace the bounds.
+    fn refresh_bounds(&mut self) {
+        for (_, r) in self.ledger.rows() {
+            if let Some(r) = r {
+                let s = r.slot as usize;
+                if let Some(used) = self.counts.used(s) {
+                    self.bound[s] = used as u32;
+                }
+            }
+        }
     }
 }
 
@@ -145,80 +246,12 @@ fn penalties(params: &RequestParams) -> Result<Option<[f32; 3]>> {
     Ok((rep != 1.0 || freq != 0.0 || pres != 0.0).then_some([rep, freq, pres]))
 }
 
-/// Counts one output change into a row's entries, writing the changed words to the table.
-fn count(
-    table: &mut RowTable,
-    vocab: usize,
-    row: usize,
-    index: &mut Index,
-    entries: &mut Vec<u32>,
-    change: OutputChange,
-    write: bool,
-) -> candle_core::Result<()> {
-    let (t, delta) = match change {
-        OutputChange::Appended(t) => (t, 1i64),
-        OutputChange::Removed(t) => (t, -1),
-    };
-    if t as usize >= vocab {
-        return Ok(());
+/// Writes `row`'s parameters and slot.
+fn write_params(table: &mut RowTable, row: usize, params: [f32; 3], slot: u32) {
+    for (k, p) in params.iter().enumerate() {
+        table.set(row, k, p.to_bits());
     }
-    let i = match index.get(t) {
-        Some(i) => i as usize,
-        None => {
-            let i = entries.len() / 2;
-            index.insert_new(t, i as u32);
-            entries.extend([t, 0]);
-            if write {
-                table.ensure_width(1 + entries.len(), 0)?;
-                table.set(row, 1 + 2 * i, t);
-                table.set(row, 0, (i + 1) as u32);
-            }
-            i
-        }
-    };
-    let packed = &mut entries[2 * i + 1];
-    *packed = (i64::from(*packed) + delta) as u32;
-    if write {
-        table.set(row, 2 + 2 * i, *packed);
-    }
-    Ok(())
-}
-
-/// Loads, for the first change of every row with output changes, the index slot, the entry and
-/// the table word it will update, in tight loops whose loads overlap: the update then finds them
-/// in cache instead of missing on each row in turn (the rows' state is scattered over a few
-/// megabytes at batch 256). Reads only; costs a few loads per changed row.
-fn warm(ledger: &RowLedger<Row>, table: &RowTable, outputs: &StepOutputs) {
-    let first = |row: usize| {
-        let t = match outputs.row(row).first()? {
-            OutputChange::Appended(t) | OutputChange::Removed(t) => *t,
-        };
-        Some((ledger.get(row)?, t))
-    };
-    let mut acc = 0u64;
-    for row in outputs.rows() {
-        if let Some((r, t)) = first(row) {
-            acc ^= r.index.slot_hint(t);
-        }
-    }
-    for row in outputs.rows() {
-        if let Some((r, t)) = first(row) {
-            if let Some(i) = r.index.get(t) {
-                let i = i as usize;
-                let word = table.row(row).get(2 + 2 * i).copied().unwrap_or(0);
-                acc ^= u64::from(r.entries.get(2 * i + 1).copied().unwrap_or(0) ^ word);
-            }
-        }
-    }
-    std::hint::black_box(acc);
-}
-
-/// Empties `row`: neutral parameters, no entries.
-fn reset(params: &mut RowTable, entries: &mut RowTable, row: usize) {
-    for (k, p) in [1f32, 0.0, 0.0].iter().enumerate() {
-        params.set(row, k, p.to_bits());
-    }
-    entries.set(row, 0, 0);
+    table.set(row, 3, slot);
 }
 
 impl LogitsProcessor for Penalties {
@@ -244,71 +277,161 @@ impl LogitsProcessor for Penalties {
 impl Penalties {
     fn update(&mut self, update: Option<&BatchUpdate>, fed: Option<&StepOutputs>) -> Result<()> {
         let (vocab, own) = (self.config.vocab_size(), !self.fed);
+        // The slots held by the rows the update names (freed below if no row holds them after).
+        self.was.clear();
+        if let Some(u) = update {
+            let named = u.removed.iter().copied();
+            let named = named.chain(u.added.iter().map(|a| a.row));
+            let named = named.chain(u.moved.iter().flat_map(|m| [m.from, m.to]));
+            for row in named {
+                if let Some(r) = self.ledger.get(row) {
+                    self.was.push(r.slot);
+                }
+            }
+        }
         self.ledger.apply(update, |a| {
             let Some(params) = penalties(&a.params)? else {
                 return Ok(None);
             };
-            let prompt = a.prompt_token_ids.as_deref().unwrap_or(&[]);
-            let mut index = Index::with_capacity(prompt.len());
-            let mut entries = Vec::new();
-            if params[0] != 1.0 {
-                for &t in a.prompt_token_ids.as_deref().unwrap_or(&[]) {
-                    if t as usize >= vocab || index.contains(t) {
-                        continue;
-                    }
-                    index.insert_new(t, (entries.len() / 2) as u32);
-                    entries.extend([t, IN_PROMPT]);
-                }
-            }
             Ok(Some(Row {
                 params,
+                slot: NO_SLOT,
+                prompt: (params[0] != 1.0)
+                    .then(|| a.prompt_token_ids.clone())
+                    .flatten(),
+                out: a.output_token_ids.clone(),
                 cursor: own.then(|| a.output_token_ids.cursor()),
-                index,
-                entries,
             }))
         })?;
+        let half = self.counts.w() / 2;
+        let mut grow = 0usize;
+        // Free the slots of the requests that left; give the new ones a slot, reset, with their
+        // prompt logged.
+        if !self.ledger.touched().is_empty() {
+            self.epoch = self.epoch.wrapping_add(1);
+            if self.epoch == 0 {
+                self.stamp.fill(0);
+                self.epoch = 1;
+            }
+            for &row in self.ledger.touched() {
+                if let Some(r) = self.ledger.get(row) {
+                    if r.slot != NO_SLOT {
+                        self.stamp[r.slot as usize] = self.epoch;
+                    }
+                }
+            }
+            for &s in &self.was {
+                if self.stamp[s as usize] != self.epoch {
+                    self.stamp[s as usize] = self.epoch;
+                    self.free.push(s);
+                }
+            }
+            for i in 0..self.ledger.touched().len() {
+                let row = self.ledger.touched()[i];
+                let Some(r) = self.ledger.get_mut(row) else {
+                    continue;
+                };
+                if r.slot != NO_SLOT {
+                    continue;
+                }
+                // Every request holds one slot and there are as many slots as rows.
+                let slot = self.free.pop().expect("a free penalty slot per request");
+                r.slot = slot;
+                let s = slot as usize;
+                self.counts.reset(s);
+                let mut n = 0u32;
+                for &t in r.prompt.take().as_deref().unwrap_or(&[]) {
+                    if (t as usize) < vocab {
+                        self.counts.log(s, PROMPT, t);
+                        n += 1;
+                    }
+                }
+                self.bound[s] = n;
+                if n as usize > half {
+                    grow = grow.max(n as usize);
+                }
+            }
+        }
         for &row in self.ledger.touched() {
             self.marks[row] = true;
         }
         let batch = self.ledger.batch_size();
-        if let Some(o) = fed {
-            warm(&self.ledger, &self.entries, o);
-        }
-        let (table, params_t, marks) = (&mut self.entries, &mut self.params, &mut self.marks);
-        let mut result = Ok(());
-        let mut step = |row: usize, state: Option<&mut Row>, touched: bool| {
-            let Some(r) = state else {
-                if touched {
-                    reset(params_t, table, row);
-                }
-                return;
+        let (counts, params_t, bound) = (&mut self.counts, &mut self.params, &mut self.bound);
+        let slot_of = &mut self.slot_of;
+        let mut log = |s: usize, c: OutputChange, grow: &mut usize| {
+            let (kind, t) = match c {
+                OutputChange::Appended(t) => (ADD, t),
+                OutputChange::Removed(t) => (SUB, t),
             };
-            // A request new at this row is written whole below; others word by word.
-            let (index, entries) = (&mut r.index, &mut r.entries);
-            for_changes(fed, row, r.cursor.as_mut(), |c| {
-                if result.is_ok() {
-                    result = count(table, vocab, row, index, entries, c, !touched);
-                }
-            });
-            if touched {
-                for (k, p) in r.params.iter().enumerate() {
-                    params_t.set(row, k, p.to_bits());
-                }
-                if result.is_ok() {
-                    result = crate::processors::write_list(table, row, 2, &r.entries);
+            if t as usize >= vocab {
+                return;
+            }
+            counts.log(s, kind, t);
+            if kind == ADD {
+                bound[s] += 1;
+                if bound[s] as usize > half {
+                    *grow = (*grow).max(bound[s] as usize);
                 }
             }
         };
-        crate::processors::visit_step_rows(&mut self.ledger, fed, marks, batch, &mut step);
-        // Rows past the batch that an update emptied.
-        for &row in self.ledger.touched() {
-            if std::mem::take(&mut marks[row]) && row >= batch {
-                reset(params_t, table, row);
+        let mut step = |row: usize, state: Option<&mut Row>, touched: bool| {
+            let Some(r) = state else {
+                if touched {
+                    slot_of[row] = NO_SLOT;
+                    write_params(params_t, row, [1.0, 0.0, 0.0], NO_SLOT);
+                }
+                return;
+            };
+            let s = r.slot as usize;
+            for_changes(fed, row, r.cursor.as_mut(), |c| log(s, c, &mut grow));
+            if touched {
+                slot_of[row] = r.slot;
+                write_params(params_t, row, r.params, r.slot);
+            }
+        };
+        match fed {
+            Some(o) => {
+                // Touched rows through the ledger; the others from the flat slot array.
+                for i in 0..self.ledger.touched().len() {
+                    let row = self.ledger.touched()[i];
+                    if row < batch {
+                        step(row, self.ledger.get_mut(row), true);
+                    }
+                }
+                for (row, _, changes) in o.entries() {
+                    let s = self.slot_of[row];
+                    if self.marks[row] || s == NO_SLOT {
+                        continue;
+                    }
+                    for &c in changes {
+                        log(s as usize, c, &mut grow);
+                    }
+                }
+            }
+            None => {
+                for (row, state) in self.ledger.rows_mut() {
+                    step(row, state, self.marks[row]);
+                }
             }
         }
-        result?;
-        self.params.sync()?;
-        Ok(self.entries.sync()?)
+        // Rows past the batch that an update emptied.
+        for &row in self.ledger.touched() {
+            if std::mem::take(&mut self.marks[row]) && row >= batch {
+                self.slot_of[row] = NO_SLOT;
+                write_params(&mut self.params, row, [1.0, 0.0, 0.0], NO_SLOT);
+            }
+        }
+        if grow > 0 {
+            // Before any processing: the logged entries must fit.
+            self.counts.ensure(grow.min(vocab))?;
+        }
+        if self.counts.pending() > (DRAIN_PER_SLOT * self.counts.slots()).max(4096) {
+            self.counts.drain()?;
+            if self.counts.on_host() {
+                self.refresh_bounds();
+            }
+        }
+        Ok(self.params.sync()?)
     }
 }
 
@@ -323,13 +446,31 @@ impl Builtin for Penalties {
         self.fed = true;
     }
 
-    fn update_fed(&mut self, update: Option<&BatchUpdate>, outputs: &StepOutputs) -> Result<()> {
+    fn update_fed(
+        &mut self,
+        update: Option<&BatchUpdate>,
+        outputs: &StepOutputs,
+        _lists: &dyn crate::output::RowTokens,
+    ) -> Result<()> {
         self.update(update, Some(outputs))
+    }
+
+    fn prepare_step(&mut self) -> Result<()> {
+        // CPU: the sparse pass's count update runs here, on the host (on CUDA, in the kernel).
+        if self.counts.on_host() && self.counts.payload().is_some() {
+            self.counts.process_host();
+            self.refresh_bounds();
+        }
+        Ok(())
+    }
+
+    fn finish_step(&mut self) {
+        self.counts.finish_step();
     }
 
     fn part(&self) -> Option<Part<'_>> {
         Some(Part::Penalties(PenaltySpec {
-            entries: &self.entries,
+            counts: &self.counts,
             params: &self.params,
         }))
     }
