@@ -7,6 +7,15 @@
 //! more blocks at once than a row has chunks; where it cannot (a small device, a huge
 //! vocabulary), the row maximum is a launch of its own (`lp_dense` pass 0, then pass 1).
 //!
+//! On devices with thread-block clusters (compute capability 9.0 and later), a launch with
+//! min-p *and* a temperature uses `lp_dense_cluster` instead: one cluster of 8 or 16 blocks
+//! per row, the row held in the blocks' shared memory, the row maximum exchanged through
+//! distributed shared memory (no tickets, no waiting on global memory). Other launches with
+//! min-p keep `lp_dense_once`, which measured faster for them on the H100 (docs/benchmarks.md,
+//! run 9). `LOGITS_PROCESSORS_CLUSTER` overrides the choice (`0`: never, `8`/`16`: every launch
+//! with min-p, clusters of that size); `LOGITS_PROCESSORS_KERNEL_DEFINES` passes extra NVRTC
+//! options (fused.cu's tuning macros), for measurements.
+//!
 //! The kernel source (`fused.cu`) is compiled with NVRTC the first time a device needs it (once
 //! per compute capability per process), loaded through candle's module cache, and its function
 //! handles are kept per device.
@@ -16,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::cuda::{CudaDevice, CudaStorage, CudaStorageSlice, DeviceId, WrapErr};
 use candle_core::{Layout, Result};
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::sys::{self, CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 
 use super::table::RowTable;
@@ -42,6 +51,17 @@ const ONCE_MARGIN: u32 = 4;
 const _: () = assert!(super::KEEP_LIST_MAX <= ONCE_THREADS as usize);
 /// Blocks wanted per multiprocessor.
 const BLOCKS_PER_SM: u32 = 4;
+/// `lp_dense_cluster` prefers the smallest cluster (8 or 16 blocks) whose blocks hold at most
+/// this many bytes of shared memory (several blocks per multiprocessor).
+const CLUSTER_BYTES: u32 = 48 * 1024;
+/// The environment variable that overrides where `lp_dense_cluster` runs: `0` never (the
+/// device-wide form, as on devices without clusters), `8` or `16` for every launch with min-p
+/// with clusters of that size. Unset: launches with min-p and a temperature (where it measured
+/// faster on the H100, see docs/benchmarks.md run 9), clusters of 8 or 16.
+const CLUSTER_ENV: &str = "LOGITS_PROCESSORS_CLUSTER";
+/// Extra NVRTC options for the kernels (space-separated, e.g. `-DLP_PACKED=0`:
+/// fused.cu's tuning macros), for measurements.
+const DEFINES_ENV: &str = "LOGITS_PROCESSORS_KERNEL_DEFINES";
 
 macro_rules! arg {
     ($x:expr) => {
@@ -324,11 +344,123 @@ struct Kernels {
     once: [CudaFunction; 3],
     /// Blocks of `lp_dense_once_*` the device holds at once (occupancy times SMs).
     once_resident: [u32; 3],
+    /// `lp_dense_cluster_{f32,f16,bf16}`, on devices with thread-block clusters (sm_90+).
+    cluster: Option<[CudaFunction; 3]>,
+    /// The most dynamic shared memory a block of `lp_dense_cluster_*` may have.
+    cluster_smem: [u32; 3],
+    /// Cluster sizes to try, in order of preference (empty: never clusters).
+    cluster_sizes: Vec<u32>,
+    /// Clusters also for launches without a temperature (set by `CLUSTER_ENV`).
+    cluster_always: bool,
+    /// The cluster launch chosen per (dtype, vocab), `None` where none fits.
+    cluster_plans: Mutex<Vec<(usize, u32, Option<ClusterPlan>)>>,
     scatter: CudaFunction,
     /// `lp_counts`, `lp_count_rehash` (penalty counts).
     counts: CudaFunction,
     rehash: CudaFunction,
     sms: u32,
+}
+
+/// One row per cluster of `size` blocks, `slice` tokens and `smem` bytes of dynamic shared
+/// memory per block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ClusterPlan {
+    size: u32,
+    slice: u32,
+    smem: u32,
+}
+
+/// The slice and dynamic shared memory of a block of `lp_dense_cluster` when `size` blocks
+/// share a row of `vocab` (the kernel's layout: the logits, then `slice / 32 + 2` keep words).
+fn cluster_slice(vocab: u32, size: u32, elem_size: usize) -> (u32, u32) {
+    let slice = vocab.div_ceil(size).div_ceil(32).max(1) * 32;
+    let smem = slice * elem_size as u32 + (slice / 32 + 2) * 4;
+    (slice, smem)
+}
+
+impl Kernels {
+    /// The cluster launch for rows of `vocab` logits of dtype `which` (cached per vocab).
+    fn cluster_plan(
+        &self,
+        which: usize,
+        vocab: u32,
+        elem_size: usize,
+        stream: &CudaStream,
+    ) -> Option<ClusterPlan> {
+        let funcs = self.cluster.as_ref()?;
+        let mut plans = self.cluster_plans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, p)) = plans.iter().find(|(w, v, _)| *w == which && *v == vocab) {
+            return *p;
+        }
+        let fits = |size: u32| -> Option<ClusterPlan> {
+            let (slice, smem) = cluster_slice(vocab, size, elem_size);
+            if smem > self.cluster_smem[which] {
+                return None;
+            }
+            let n = max_active_clusters(&funcs[which], stream, size, smem).ok()?;
+            (n >= 1).then_some(ClusterPlan { size, slice, smem })
+        };
+        let small = self
+            .cluster_sizes
+            .iter()
+            .copied()
+            .find(|&size| cluster_slice(vocab, size, elem_size).1 <= CLUSTER_BYTES);
+        let plan = small
+            .and_then(fits)
+            .or_else(|| self.cluster_sizes.iter().rev().find_map(|&size| fits(size)));
+        if plans.len() >= 64 {
+            plans.clear();
+        }
+        plans.push((which, vocab, plan));
+        plan
+    }
+}
+
+/// How many clusters of `size` blocks of `lp_dense_cluster` with `smem` bytes of dynamic shared
+/// memory the device holds at once (0 or an error: such a launch cannot run).
+fn max_active_clusters(f: &CudaFunction, stream: &CudaStream, size: u32, smem: u32) -> Result<u32> {
+    let mut attr = [cluster_attribute(size)];
+    let cfg = launch_config((size, 1, 1), smem, stream, &mut attr);
+    let mut n: std::ffi::c_int = 0;
+    stream.context().bind_to_thread().w()?;
+    // SAFETY: `cfg` and the attribute it points to are live for the call; `n` is written.
+    unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &cfg).result() }.w()?;
+    Ok(n.max(0) as u32)
+}
+
+fn cluster_attribute(size: u32) -> sys::CUlaunchAttribute {
+    // SAFETY: plain C data; all-zero is a valid value of every field of the union.
+    let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+    value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
+        x: size,
+        y: 1,
+        z: 1,
+    };
+    sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+        pad: [0; 4],
+        value,
+    }
+}
+
+fn launch_config(
+    grid: (u32, u32, u32),
+    smem: u32,
+    stream: &CudaStream,
+    attrs: &mut [sys::CUlaunchAttribute],
+) -> sys::CUlaunchConfig {
+    sys::CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: grid.2,
+        blockDimX: ONCE_THREADS,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: smem,
+        hStream: stream.cu_stream(),
+        attrs: attrs.as_mut_ptr(),
+        numAttrs: attrs.len() as u32,
+    }
 }
 
 /// Kernels per device, loaded once.
@@ -350,10 +482,14 @@ fn ptx_for(cc: i32) -> Result<Arc<str>> {
     if let Some((_, ptx)) = cache.iter().find(|(c, _)| *c == cc) {
         return Ok(ptx.clone());
     }
+    let mut options = vec![format!("--gpu-architecture=compute_{cc}")];
+    if let Ok(defines) = std::env::var(DEFINES_ENV) {
+        options.extend(defines.split_whitespace().map(String::from));
+    }
     let opts = cudarc::nvrtc::CompileOptions {
         fmad: Some(false),
         ftz: Some(false),
-        options: vec![format!("--gpu-architecture=compute_{cc}")],
+        options,
         name: Some("logits_processors_fused.cu".into()),
         ..Default::default()
     };
@@ -414,6 +550,54 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
             .w()?
             * sms;
     }
+    let mut cluster_smem = [0u32; 3];
+    let cluster_sizes: Vec<u32> = match std::env::var(CLUSTER_ENV).ok().as_deref() {
+        Some("0") => Vec::new(),
+        Some("8") => vec![8],
+        Some("16") => vec![16],
+        _ => vec![8, 16],
+    };
+    let cluster_always = matches!(
+        std::env::var(CLUSTER_ENV).ok().as_deref(),
+        Some("8") | Some("16")
+    );
+    let cluster = if major >= 9 && !cluster_sizes.is_empty() {
+        let f = [
+            load("lp_dense_cluster_f32")?,
+            load("lp_dense_cluster_f16")?,
+            load("lp_dense_cluster_bf16")?,
+        ];
+        let optin = attribute(
+            &stream,
+            CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+        )?;
+        for (m, f) in cluster_smem.iter_mut().zip(&f) {
+            let fixed = f
+                .get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+                .w()?;
+            let dynamic = (optin - fixed).max(0);
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                dynamic,
+            )
+            .w()?;
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                100,
+            )
+            .w()?;
+            // Clusters of 16 are not portable: allowed where the device can (else the
+            // occupancy query refuses them and 8 is used).
+            let _ = f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                1,
+            );
+            *m = dynamic as u32;
+        }
+        Some(f)
+    } else {
+        None
+    };
     let k = Arc::new(Kernels {
         sparse: [
             load("lp_sparse_f32")?,
@@ -427,6 +611,11 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
         ],
         once,
         once_resident,
+        cluster,
+        cluster_smem,
+        cluster_sizes,
+        cluster_always,
+        cluster_plans: Mutex::new(Vec::new()),
         scatter: load("lp_scatter")?,
         counts: load("lp_counts")?,
         rehash: load("lp_count_rehash")?,
@@ -673,6 +862,48 @@ pub(crate) fn run(
         None => {}
     }
     let (mut batch_arg, mut vocab_arg) = (batch32, vocab32);
+    if let Some(plan) = op
+        .min_p
+        .filter(|_| k.cluster_always || op.temperature.is_some())
+        .and_then(|_| k.cluster_plan(which, vocab32, elem_size, &stream))
+    {
+        let funcs = k.cluster.as_ref().expect("a plan implies the kernels");
+        let mut slice_arg = plan.slice;
+        let mut params: [*mut c_void; 11] = [
+            arg!(logits),
+            arg!(batch_arg),
+            arg!(vocab_arg),
+            arg!(slice_arg),
+            arg!(keep),
+            arg!(keep_w),
+            arg!(gbits),
+            arg!(smask),
+            arg!(sactive),
+            arg!(temps),
+            arg!(minps),
+        ];
+        let mut attr = [cluster_attribute(plan.size)];
+        let cfg = launch_config(
+            (plan.size, batch32.min(65_535), 1),
+            plan.smem,
+            &stream,
+            &mut attr,
+        );
+        stream.context().bind_to_thread().w()?;
+        // SAFETY: `params` matches `lp_dense_cluster_*` in fused.cu, every pointer in it and
+        // `cfg`'s attribute are live for the call, the plan's shared memory is within the
+        // function's limit and the kernel stays inside the logits and the tables it is given.
+        return unsafe {
+            sys::cuLaunchKernelEx(
+                &cfg,
+                funcs[which].cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+            .result()
+        }
+        .w();
+    }
     let once = op
         .min_p
         .and_then(|_| once_chunk(chunk, vocab32, elem_size, k.once_resident[which]))
@@ -774,6 +1005,7 @@ mod tests {
             "lp_sparse_bf16",
             "lp_dense_f16",
             "lp_dense_once_f32",
+            "lp_dense_cluster_bf16",
             "lp_scatter",
             "lp_counts",
             "lp_count_rehash",
@@ -794,6 +1026,23 @@ mod tests {
             for es in [2, 4] {
                 let c = chunk_for(b, 151_936, es, 132);
                 assert!(c.is_multiple_of(32) && (MIN_CHUNK..=MAX_CHUNK).contains(&c));
+            }
+        }
+    }
+
+    #[test]
+    fn cluster_slices_cover_the_row_on_mask_words() {
+        // f32 over 16 blocks and f16 over 8: about 37 KiB of shared memory per block.
+        assert_eq!(cluster_slice(151_936, 16, 4), (9_504, 9_504 * 4 + 299 * 4));
+        assert_eq!(cluster_slice(151_936, 8, 2), (19_008, 19_008 * 2 + 596 * 4));
+        for vocab in [1, 37, 1009, 32_000, 151_936, 262_144] {
+            for size in [8, 16] {
+                for es in [2, 4] {
+                    let (slice, smem) = cluster_slice(vocab, size, es);
+                    assert!(slice.is_multiple_of(32) && slice * size >= vocab);
+                    assert!(slice - 32 < vocab.div_ceil(size).max(1));
+                    assert!(smem >= slice * es as u32 + (slice / 32 + 2) * 4);
+                }
             }
         }
     }

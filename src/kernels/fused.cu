@@ -20,6 +20,14 @@
 //   row's other chunks, then cut and store (see its comment for why it cannot deadlock). A
 //   row whose keep set is a short list never waits: its first chunk's block handles the kept
 //   tokens alone.
+// * `lp_dense_cluster_<dtype>` (sm_90 and later; an empty kernel below): the same one-pass dense
+//   phase with one thread-block cluster per row (8 or 16 blocks, the row split between them
+//   in shared memory, the row maximum exchanged through distributed shared memory after a
+//   cluster barrier). The host uses it for launches with min-p and a temperature on devices
+//   with clusters, `lp_dense_once` for the other launches with min-p (run 9 of
+//   docs/benchmarks.md: clusters measured faster there only).
+// On rows without a temperature, both one-pass kernels mask, take the maximum and cut whole
+// 32-bit words at a time (`LP_PACKED`: packed f16x2/bf16x2 maxima on sm_80 and later).
 // * `lp_scatter`: the deferred single-word writes of every host table of a device, one launch.
 // * `lp_counts`, `lp_count_rehash`: the penalty count tables (see src/kernels/counts.rs),
 //   processed or rehashed outside the sparse phase.
@@ -137,6 +145,70 @@ template <u32 ES> __device__ __forceinline__ void lp_vec_set(LpVec& v, u32 e, u3
     } else {
         const u32 sh = (e & 1u) * 16u;
         v.w[e >> 1] = (v.w[e >> 1] & ~(0xffffu << sh)) | ((raw & 0xffffu) << sh);
+    }
+}
+
+// Whole-word forms of the per-element work of the one-read kernels on rows without a
+// temperature (LP_PACKED; 0 keeps the per-element loops, for comparison).
+#ifndef LP_PACKED
+#define LP_PACKED 1
+#endif
+
+// -inf over the elements of `q` whose bit in `bits` is clear.
+template <int K> __device__ __forceinline__ void lp_vec_mask(LpVec& q, u32 bits) {
+    typedef Lp<K> E;
+    if (E::ES == 4u) {
+#pragma unroll
+        for (u32 e = 0; e < 4u; ++e) q.w[e] = ((bits >> e) & 1u) ? q.w[e] : (u32)E::NEG_INF_WORD;
+    } else {
+#pragma unroll
+        for (u32 i = 0; i < 4u; ++i) {
+            const u32 b = (bits >> (2u * i)) & 3u;
+            const u32 k = ((b & 1u) * 0xffffu) | ((b >> 1) * 0xffff0000u);
+            q.w[i] = (q.w[i] & k) | ((u32)E::NEG_INF_WORD & ~k);
+        }
+    }
+}
+
+// The running maximum of every element of `q`: in `m` for f32; for 16-bit logits in `mh`, one
+// maximum per half (NEG_INF_WORD to start; NaN never wins, as with fmaxf), folded by
+// `lp_max_fold`.
+template <int K> __device__ __forceinline__ void lp_vec_max(u32& mh, float& m, const LpVec& q) {
+    typedef Lp<K> E;
+#pragma unroll
+    for (u32 i = 0; i < 4u; ++i) {
+        if (E::ES == 4u) {
+            m = fmaxf(m, __uint_as_float(q.w[i]));
+        } else {
+#if __CUDA_ARCH__ >= 800
+            if (K == 1) asm("max.f16x2 %0, %0, %1;" : "+r"(mh) : "r"(q.w[i]));
+            else asm("max.bf16x2 %0, %0, %1;" : "+r"(mh) : "r"(q.w[i]));
+#else
+            m = fmaxf(m, fmaxf(E::from_raw(q.w[i] & 0xffffu), E::from_raw(q.w[i] >> 16)));
+#endif
+        }
+    }
+}
+
+template <int K> __device__ __forceinline__ float lp_max_fold(u32 mh, float m) {
+    typedef Lp<K> E;
+    if (E::ES == 4u) return m;
+    return fmaxf(m, fmaxf(E::from_raw(mh & 0xffffu), E::from_raw(mh >> 16)));
+}
+
+// -inf over the elements of `q` below `thr`.
+template <int K> __device__ __forceinline__ void lp_vec_cut(LpVec& q, float thr) {
+    typedef Lp<K> E;
+#pragma unroll
+    for (u32 i = 0; i < 4u; ++i) {
+        const u32 w = q.w[i];
+        if (E::ES == 4u) {
+            q.w[i] = __uint_as_float(w) < thr ? (u32)E::NEG_INF_WORD : w;
+        } else {
+            const u32 k = (E::from_raw(w & 0xffffu) < thr ? 0u : 0xffffu) |
+                          (E::from_raw(w >> 16) < thr ? 0u : 0xffff0000u);
+            q.w[i] = (w & k) | ((u32)E::NEG_INF_WORD & ~k);
+        }
     }
 }
 
@@ -717,12 +789,24 @@ __device__ __forceinline__ void lp_dense_once(
             // Mask and temper; the chunk's maximum of kept, tempered logits. Without min-p the
             // result is final and stored now; with it, it goes back to `stage` until the cut.
             float m = skept ? ys : LP_NEG_INF;
+            u32 mh = E::NEG_INF_WORD;
             for (u32 j = 0; j < LP_VECS; ++j) {
                 const u32 v = tid + j * LP_THREADS;
                 if (v >= s.nvec) break;
                 const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
                 if (bits == 0u || (bits == full && !r.values)) continue;
                 LpVec q = stage[v];
+#if LP_PACKED
+                if (r.temp == 1.0f) { // row-uniform
+                    if (bits != full) lp_vec_mask<K>(q, bits);
+                    if (r.has_min_p) lp_vec_max<K>(mh, m, q);
+                    if (bits != full) {
+                        if (r.has_min_p) stage[v] = q;
+                        else lp_store_vec(s.body + (size_t)v * 16u, q);
+                    }
+                    continue;
+                }
+#endif
                 if (bits != full || r.temp != 1.0f) {
 #pragma unroll
                     for (u32 e = 0; e < VEC; ++e) {
@@ -745,6 +829,7 @@ __device__ __forceinline__ void lp_dense_once(
 
             float thr = LP_NEG_INF;
             if (r.has_min_p) { // block-uniform
+                m = lp_max_fold<K>(mh, m);
                 for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
                 if ((tid & 31u) == 0u) red[tid >> 5] = m;
                 __syncthreads();
@@ -771,10 +856,14 @@ __device__ __forceinline__ void lp_dense_once(
                     const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
                     if (bits == 0u) continue;
                     LpVec q = stage[v];
+#if LP_PACKED
+                    lp_vec_cut<K>(q, thr);
+#else
 #pragma unroll
                     for (u32 e = 0; e < VEC; ++e) {
                         if (E::from_raw(lp_vec_get<E::ES>(q, e)) < thr) lp_vec_set<E::ES>(q, e, neg_raw);
                     }
+#endif
                     lp_store_vec(s.body + (size_t)v * 16u, q);
                 }
             }
@@ -802,6 +891,183 @@ __device__ __forceinline__ void lp_dense_once(
     }
 }
 
+// ------------------------------------------------------------------------------------------
+// Thread-block clusters (sm_90 and later).
+
+#if __CUDA_ARCH__ >= 900
+// The block's rank in its cluster.
+__device__ __forceinline__ u32 lp_cluster_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+
+// Every thread of every block of the cluster arrives (its shared-memory writes released),
+// then waits (acquiring the others').
+__device__ __forceinline__ void lp_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// The float at `p` (this block's shared memory) in the shared memory of block `rank` of the
+// cluster.
+__device__ __forceinline__ float lp_cluster_load(const float* p, u32 rank) {
+    const u32 a = (u32)__cvta_generic_to_shared(p);
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(a), "r"(rank));
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+
+#endif
+
+extern __shared__ __align__(16) unsigned char lp_dyn[];
+
+// The dense phase of a launch with min-p in one pass, on a device with clusters: grid
+// (cluster size, rows), one cluster (blockDim 256, all of grid.x) per row at a time. Block
+// `rank` owns tokens [rank * slice, (rank + 1) * slice) of its rows (`slice` a multiple of 32)
+// and holds them in dynamic shared memory (`slice * ES` bytes of logits, then `slice / 32 + 2`
+// keep words): kept 16-byte groups are read once (cp.async), masked ones written -inf unread;
+// it masks and tempers them there, puts its maximum in `cmax` and, after a cluster barrier,
+// reads every block's `cmax` through distributed shared memory, cuts and stores. The blocks of
+// a cluster run at once, so the wait is short and cannot deadlock. `cmax` alternates by row
+// parity (a block reaches the next row's slot only after every block has passed this row's
+// barrier, that is, has read this row's slots), and a last barrier keeps every block alive
+// until the others have read its slots. Rows whose keep set is a list: `lp_list_row`.
+template <int K>
+__device__ __forceinline__ void lp_dense_cluster(
+    char* logits, u32 batch, u32 vocab, u32 slice,
+    const u32* keep_t, u32 keep_w, const u32* gbits,
+    const u32* smask, const u32* sactive,
+    const u32* temps, const u32* minps)
+{
+#if __CUDA_ARCH__ >= 900
+    typedef Lp<K> E;
+    const u32 VEC = 16 / E::ES;
+    const u32 full = (1u << VEC) - 1u;
+    __shared__ float red[LP_THREADS / 32u];
+    __shared__ float cmax[2];
+    LpVec* stage = reinterpret_cast<LpVec*>(lp_dyn);
+    u32* keep = reinterpret_cast<u32*>(lp_dyn + (size_t)slice * E::ES);
+
+    const u32 tid = threadIdx.x, lane = tid & 31u;
+    const u32 rank = lp_cluster_rank();
+    const u32 csize = gridDim.x;
+    const u32 neg_raw = E::to_raw(LP_NEG_INF);
+    const u32 sbase = (u32)__cvta_generic_to_shared(stage);
+    u32 parity = 0u;
+    for (u32 row = blockIdx.y; row < batch; row += gridDim.y) {
+        const LpRow r = lp_row<K>(logits, row, vocab, keep_t, keep_w, gbits, smask, sactive,
+                                  temps, minps);
+        const u32 c0 = min(rank * slice, vocab);
+        const u32 c1 = min(c0 + slice, vocab);
+        const bool list = r.head_word != 0u && r.head_word != LP_KEEP_BITMASK;
+        if (list) {
+            lp_list_row<K>(keep, red, r, gbits, c0, c1);
+        } else if (r.masked || r.values) { // row-uniform: the whole cluster takes it
+            if (r.masked) lp_build_keep_once(keep, r, gbits, c0, c1);
+            const LpSpan s = lp_span<K>(r.p, c0, c1 - c0);
+            for (u32 v = tid; v < s.nvec; v += LP_THREADS) {
+                const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
+                char* p = s.body + (size_t)v * 16u;
+                if (bits == 0u) {
+                    lp_store16(p, E::NEG_INF_WORD);
+                } else if (bits != full || r.values) {
+                    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sbase + 16u * v), "l"(p) : "memory");
+                }
+            }
+            const u32 nscal = s.head + s.tail;
+            u32 soff = 0u;
+            bool skept = false;
+            float ys = LP_NEG_INF;
+            if (tid < nscal) {
+                soff = tid < s.head ? tid : s.body_end + (tid - s.head);
+                skept = !r.masked || ((keep[soff >> 5] >> (soff & 31u)) & 1u);
+                if (!skept) E::put(r.p, c0 + soff, LP_NEG_INF);
+                else if (r.values) ys = lp_tempered<K>(r.p, c0 + soff, r.temp);
+            }
+            asm volatile("cp.async.wait_all;" ::: "memory");
+
+            float m = skept ? ys : LP_NEG_INF;
+            u32 mh = E::NEG_INF_WORD;
+            for (u32 v = tid; v < s.nvec; v += LP_THREADS) {
+                const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
+                if (bits == 0u || (bits == full && !r.values)) continue;
+                LpVec q = stage[v];
+#if LP_PACKED
+                if (r.temp == 1.0f) { // row-uniform
+                    if (bits != full) lp_vec_mask<K>(q, bits);
+                    if (r.has_min_p) lp_vec_max<K>(mh, m, q);
+                    if (bits != full) {
+                        if (r.has_min_p) stage[v] = q;
+                        else lp_store_vec(s.body + (size_t)v * 16u, q);
+                    }
+                    continue;
+                }
+#endif
+                if (bits != full || r.temp != 1.0f) {
+#pragma unroll
+                    for (u32 e = 0; e < VEC; ++e) {
+                        if (!((bits >> e) & 1u)) {
+                            lp_vec_set<E::ES>(q, e, neg_raw);
+                        } else if (r.values) {
+                            const float x = E::from_raw(lp_vec_get<E::ES>(q, e));
+                            const float y = r.temp != 1.0f ? E::round(__fdiv_rn(x, r.temp)) : x;
+                            m = fmaxf(m, y);
+                            if (r.temp != 1.0f) lp_vec_set<E::ES>(q, e, E::to_raw(y));
+                        }
+                    }
+                    if (r.has_min_p) stage[v] = q;
+                    else lp_store_vec(s.body + (size_t)v * 16u, q);
+                } else {
+#pragma unroll
+                    for (u32 e = 0; e < VEC; ++e) m = fmaxf(m, E::from_raw(lp_vec_get<E::ES>(q, e)));
+                }
+            }
+
+            float thr = LP_NEG_INF;
+            if (r.has_min_p) { // row-uniform
+                m = lp_max_fold<K>(mh, m);
+                for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+                if (lane == 0u) red[tid >> 5] = m;
+                __syncthreads();
+                if (tid == 0u) {
+                    float b = red[0];
+                    for (u32 w = 1; w < LP_THREADS / 32u; ++w) b = fmaxf(b, red[w]);
+                    cmax[parity] = b;
+                }
+                lp_cluster_sync();
+                float b = lane < csize ? lp_cluster_load(&cmax[parity], lane) : LP_NEG_INF;
+                for (int o = 16; o > 0; o >>= 1) b = fmaxf(b, __shfl_xor_sync(0xffffffffu, b, o));
+                thr = __fadd_rn(b, r.lnp);
+                parity ^= 1u;
+                // Cut and store (as in `lp_dense_once`).
+                for (u32 v = tid; v < s.nvec; v += LP_THREADS) {
+                    const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
+                    if (bits == 0u) continue;
+                    LpVec q = stage[v];
+#if LP_PACKED
+                    lp_vec_cut<K>(q, thr);
+#else
+#pragma unroll
+                    for (u32 e = 0; e < VEC; ++e) {
+                        if (E::from_raw(lp_vec_get<E::ES>(q, e)) < thr) lp_vec_set<E::ES>(q, e, neg_raw);
+                    }
+#endif
+                    lp_store_vec(s.body + (size_t)v * 16u, q);
+                }
+            }
+            if (skept && r.values) {
+                if (ys < thr) E::put(r.p, c0 + soff, LP_NEG_INF);
+                else if (r.temp != 1.0f) E::put(r.p, c0 + soff, ys);
+            }
+        }
+        __syncthreads(); // `keep` and `red` are reused by the next row
+    }
+    lp_cluster_sync(); // the other blocks may still read this block's `cmax`
+#endif
+}
+
 #define LP_ENTRY(NAME, K)                                                                      \
     extern "C" __global__ void __launch_bounds__(256) lp_sparse_##NAME(                        \
         char* logits, u32 vocab, const u32* bans0, u32 bans0_w, const u32* bans1, u32 bans1_w, \
@@ -823,6 +1089,13 @@ __device__ __forceinline__ void lp_dense_once(
         const u32* minps, u32* sync, u32 nchunks) {                                            \
         lp_dense_once<K>(logits, batch, vocab, chunk, keep_t, keep_w, gbits, smask, sactive,   \
                          temps, minps, sync, nchunks);                                         \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(LP_THREADS) lp_dense_cluster_##NAME(          \
+        char* logits, u32 batch, u32 vocab, u32 slice, const u32* keep_t, u32 keep_w,          \
+        const u32* gbits, const u32* smask, const u32* sactive, const u32* temps,              \
+        const u32* minps) {                                                                    \
+        lp_dense_cluster<K>(logits, batch, vocab, slice, keep_t, keep_w, gbits, smask,         \
+                            sactive, temps, minps);                                            \
     }
 
 LP_ENTRY(f32, 0)
