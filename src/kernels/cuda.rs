@@ -13,8 +13,7 @@
 //! distributed shared memory (no tickets, no waiting on global memory). Other launches with
 //! min-p keep `lp_dense_once`, which measured faster for them on the H100 (docs/benchmarks.md,
 //! run 9). `LOGITS_PROCESSORS_CLUSTER` overrides the choice (`0`: never, `8`/`16`: every launch
-//! with min-p, clusters of that size); `LOGITS_PROCESSORS_KERNEL_DEFINES` passes extra NVRTC
-//! options (fused.cu's tuning macros), for measurements.
+//! with min-p, clusters of that size), so that tests can run both paths on one device.
 //!
 //! The kernel source (`fused.cu`) is compiled with NVRTC the first time a device needs it (once
 //! per compute capability per process), loaded through candle's module cache, and its function
@@ -59,9 +58,6 @@ const CLUSTER_BYTES: u32 = 48 * 1024;
 /// with clusters of that size. Unset: launches with min-p and a temperature (where it measured
 /// faster on the H100, see docs/benchmarks.md run 9), clusters of 8 or 16.
 const CLUSTER_ENV: &str = "LOGITS_PROCESSORS_CLUSTER";
-/// Extra NVRTC options for the kernels (space-separated, e.g. `-DLP_PACKED=0`:
-/// fused.cu's tuning macros), for measurements.
-const DEFINES_ENV: &str = "LOGITS_PROCESSORS_KERNEL_DEFINES";
 
 macro_rules! arg {
     ($x:expr) => {
@@ -482,10 +478,7 @@ fn ptx_for(cc: i32) -> Result<Arc<str>> {
     if let Some((_, ptx)) = cache.iter().find(|(c, _)| *c == cc) {
         return Ok(ptx.clone());
     }
-    let mut options = vec![format!("--gpu-architecture=compute_{cc}")];
-    if let Ok(defines) = std::env::var(DEFINES_ENV) {
-        options.extend(defines.split_whitespace().map(String::from));
-    }
+    let options = vec![format!("--gpu-architecture=compute_{cc}")];
     let opts = cudarc::nvrtc::CompileOptions {
         fmad: Some(false),
         ftz: Some(false),
