@@ -106,6 +106,7 @@ mod persistent_batch;
 mod pipeline;
 mod processor;
 mod processors;
+mod spin_lock;
 
 pub use batch::{AddedRequest, BatchUpdate, BatchUpdateBuilder, MoveDirectionality, MovedRequest};
 pub use config::{ProcessorConfig, ProcessorConfigBuilder};

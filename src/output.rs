@@ -16,6 +16,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::spin_lock::{SpinGuard, SpinLock};
+
 use smallvec::SmallVec;
 
 /// The list and a version number bumped (under the lock) by every change, so that a cursor
@@ -23,7 +25,7 @@ use smallvec::SmallVec;
 #[derive(Debug, Default)]
 struct Inner {
     version: AtomicU64,
-    shared: Mutex<Shared>,
+    shared: SpinLock<Shared>,
 }
 
 impl Inner {
@@ -107,7 +109,7 @@ impl OutputTokens {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Shared> {
+    fn lock(&self) -> SpinGuard<'_, Shared> {
         lock(&self.0.shared)
     }
 
@@ -224,7 +226,7 @@ impl From<Vec<u32>> for OutputTokens {
     fn from(tokens: Vec<u32>) -> Self {
         Self(Arc::new(Inner {
             version: AtomicU64::new(0),
-            shared: Mutex::new(Shared {
+            shared: SpinLock::new(Shared {
                 tokens,
                 cursors: SmallVec::new(),
                 watchers: SmallVec::new(),
@@ -233,8 +235,8 @@ impl From<Vec<u32>> for OutputTokens {
     }
 }
 
-fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+fn lock(m: &SpinLock<Shared>) -> SpinGuard<'_, Shared> {
+    m.lock()
 }
 
 /// Asks the CPU to load the cache line at `addr` for writing soon: a hint that never faults,
