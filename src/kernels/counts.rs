@@ -47,7 +47,7 @@ pub(crate) const MAX_SLOTS: usize = 1 << 30;
 const SLOT_MASK: u32 = (1 << 30) - 1;
 /// Hash positions per slot at first.
 const MIN_W: usize = 16;
-/// Fibonacci hashing multiplier (shared with `fused.cu`).
+/// Fibonacci hashing multiplier (shared with `cu/counts.cu`).
 const MUL: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Words per slot row for `w` hash positions.

@@ -15,9 +15,9 @@
 //! run 9). `LOGITS_PROCESSORS_CLUSTER` overrides the choice (`0`: never, `8`/`16`: every launch
 //! with min-p, clusters of that size), so that tests can run both paths on one device.
 //!
-//! The kernel source (`fused.cu`) is compiled with NVRTC the first time a device needs it (once
-//! per compute capability per process), loaded through candle's module cache, and its function
-//! handles are kept per device.
+//! The kernel source (the files of `cu/`, concatenated in order into one unit) is compiled
+//! with NVRTC the first time a device needs it (once per compute capability per process),
+//! loaded through candle's module cache, and its function handles are kept per device.
 
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
@@ -30,7 +30,15 @@ use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMu
 use super::table::RowTable;
 use super::{FusedOp, IdsMode, StepMask};
 
-const SOURCE: &str = include_str!("fused.cu");
+const SOURCE: &str = concat!(
+    include_str!("cu/common.cu"),
+    include_str!("cu/counts.cu"),
+    include_str!("cu/sparse.cu"),
+    include_str!("cu/dense.cu"),
+    include_str!("cu/dense_once.cu"),
+    include_str!("cu/dense_cluster.cu"),
+    include_str!("cu/entries.cu"),
+);
 
 /// Threads per block (the kernels' `__launch_bounds__`).
 const THREADS: u32 = 256;
@@ -664,7 +672,7 @@ fn launch_with(
 ) -> Result<()> {
     stream.context().bind_to_thread().w()?;
     // SAFETY: `params` matches the kernel's signature (checked by the callers against
-    // fused.cu), every pointer in it is live for the launch, and the kernel stays inside the
+    // cu/entries.cu), every pointer in it is live for the launch, and the kernel stays inside the
     // `[batch, vocab]` logits and the tables it is given.
     unsafe {
         cudarc::driver::result::launch_kernel(
@@ -883,7 +891,7 @@ pub(crate) fn run(
             &mut attr,
         );
         stream.context().bind_to_thread().w()?;
-        // SAFETY: `params` matches `lp_dense_cluster_*` in fused.cu, every pointer in it and
+        // SAFETY: `params` matches `lp_dense_cluster_*` in cu/entries.cu, every pointer in it and
         // `cfg`'s attribute are live for the call, the plan's shared memory is within the
         // function's limit and the kernel stays inside the logits and the tables it is given.
         return unsafe {

@@ -1,0 +1,217 @@
+// The fused op of logits-processors on CUDA (see src/kernels/mod.rs for the semantics and
+// src/kernels/cpu.rs for the reference). Compiled with NVRTC at first use; no headers needed.
+// The source is the files of this folder concatenated in order (src/kernels/cuda.rs `SOURCE`):
+// common.cu (this overview, types, conversions, 16-byte vectors), counts.cu, sparse.cu,
+// dense.cu, dense_once.cu, dense_cluster.cu, entries.cu.
+// Half-precision logits are handled as raw 16-bit patterns; every result is computed in f32
+// with IEEE round-to-nearest intrinsics and stored rounded, bit-identical to the CPU path.
+//
+// Entry points, per dtype (f32, f16, bf16):
+// * `lp_sparse_<dtype>`: grid (batch). Block r applies, in order and separated by barriers,
+//   the bans, the global boost, the bias and the penalties of row r to the listed tokens only.
+// * `lp_dense_<dtype>`: grid (chunks, rows). Block (c, r) owns the tokens [c*chunk,
+//   (c+1)*chunk) of rows r, r + gridDim.y, ... It builds the chunk's keep mask (per-row list
+//   or bitmask, global mask, step mask) in shared memory; `pass` 1 writes -inf over masked
+//   tokens without reading them (16-byte stores on the aligned body), and tempers and cuts
+//   the kept ones where the row has a temperature or min-p. Launches without min-p use pass 1
+//   alone; with min-p, only where `lp_dense_once` cannot run (a device holding too few blocks
+//   at once), pass 0 first writes the maximum of the kept, tempered logits of each chunk to
+//   `partial`.
+// * `lp_dense_once_<dtype>`: the dense phase of a launch with min-p in one pass: persistent
+//   blocks take (row, chunk) tickets, stage their chunk in shared memory (kept 16-byte groups
+//   read once, masked ones written -inf unread), publish the chunk's maximum, wait for the
+//   row's other chunks, then cut and store (see its comment for why it cannot deadlock). A
+//   row whose keep set is a short list never waits: its first chunk's block handles the kept
+//   tokens alone.
+// * `lp_dense_cluster_<dtype>` (sm_90 and later; an empty kernel below): the same one-pass dense
+//   phase with one thread-block cluster per row (8 or 16 blocks, the row split between them
+//   in shared memory, the row maximum exchanged through distributed shared memory after a
+//   cluster barrier). The host uses it for launches with min-p and a temperature on devices
+//   with clusters, `lp_dense_once` for the other launches with min-p (run 9 of
+//   docs/benchmarks.md: clusters measured faster there only).
+// On rows without a temperature, both one-pass kernels mask, take the maximum and cut whole
+// 32-bit words at a time (`LP_PACKED`: packed f16x2/bf16x2 maxima on sm_80 and later).
+// * `lp_scatter`: the deferred single-word writes of every host table of a device, one launch.
+// * `lp_counts`, `lp_count_rehash`: the penalty count tables (see src/kernels/counts.rs),
+//   processed or rehashed outside the sparse phase.
+// The sparse phase first brings the row's penalty counts up to date from the step's log.
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned long long u64;
+
+#define LP_MAX_CHUNK 16384
+#define LP_KEEP_WORDS (LP_MAX_CHUNK / 32 + 2)
+#define LP_KEEP_BITMASK 0xffffffffu
+#define LP_IN_PROMPT 0x80000000u
+#define LP_NEG_INF __int_as_float(0xff800000)
+
+__device__ __forceinline__ float lp_f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ u16 lp_f32_to_f16(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// Bit-exact with half::bf16::from_f32 (round to nearest even, NaN kept quiet).
+__device__ __forceinline__ u16 lp_f32_to_bf16(float f) {
+    u32 x = __float_as_uint(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) {
+        return (u16)((x >> 16) | 0x40u);
+    }
+    if ((x & 0x8000u) != 0u && (x & 0x17fffu) != 0u) {
+        return (u16)((x >> 16) + 1u);
+    }
+    return (u16)(x >> 16);
+}
+
+// K: 0 = f32, 1 = f16, 2 = bf16.
+template <int K> struct Lp;
+
+template <> struct Lp<0> {
+    enum : u32 { ES = 4u, NEG_INF_WORD = 0xff800000u };
+    static __device__ __forceinline__ float get(const char* row, u32 t) {
+        return reinterpret_cast<const float*>(row)[t];
+    }
+    static __device__ __forceinline__ void put(char* row, u32 t, float x) {
+        reinterpret_cast<float*>(row)[t] = x;
+    }
+    static __device__ __forceinline__ float round(float x) { return x; }
+    static __device__ __forceinline__ float from_raw(u32 r) { return __uint_as_float(r); }
+    static __device__ __forceinline__ u32 to_raw(float x) { return __float_as_uint(x); }
+};
+
+template <> struct Lp<1> {
+    enum : u32 { ES = 2u, NEG_INF_WORD = 0xfc00fc00u };
+    static __device__ __forceinline__ float get(const char* row, u32 t) {
+        return lp_f16_to_f32(reinterpret_cast<const u16*>(row)[t]);
+    }
+    static __device__ __forceinline__ void put(char* row, u32 t, float x) {
+        reinterpret_cast<u16*>(row)[t] = lp_f32_to_f16(x);
+    }
+    static __device__ __forceinline__ float round(float x) { return lp_f16_to_f32(lp_f32_to_f16(x)); }
+    static __device__ __forceinline__ float from_raw(u32 r) { return lp_f16_to_f32((u16)r); }
+    static __device__ __forceinline__ u32 to_raw(float x) { return (u32)lp_f32_to_f16(x); }
+};
+
+template <> struct Lp<2> {
+    enum : u32 { ES = 2u, NEG_INF_WORD = 0xff80ff80u };
+    static __device__ __forceinline__ float get(const char* row, u32 t) {
+        return __uint_as_float(((u32) reinterpret_cast<const u16*>(row)[t]) << 16);
+    }
+    static __device__ __forceinline__ void put(char* row, u32 t, float x) {
+        reinterpret_cast<u16*>(row)[t] = lp_f32_to_bf16(x);
+    }
+    static __device__ __forceinline__ float round(float x) {
+        return __uint_as_float(((u32)lp_f32_to_bf16(x)) << 16);
+    }
+    static __device__ __forceinline__ float from_raw(u32 r) { return __uint_as_float(r << 16); }
+    static __device__ __forceinline__ u32 to_raw(float x) { return (u32)lp_f32_to_bf16(x); }
+};
+
+__device__ __forceinline__ void lp_store16(char* p, u32 w) {
+    asm volatile("st.global.v4.u32 [%0], {%1, %1, %1, %1};" ::"l"(p), "r"(w) : "memory");
+}
+
+// 16 bytes of logits in registers: element e of VEC = 16 / ES.
+struct __align__(16) LpVec {
+    u32 w[4];
+};
+
+__device__ __forceinline__ LpVec lp_load_vec(const char* p) {
+    LpVec v;
+    asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
+                 : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ void lp_store_vec(char* p, const LpVec& v) {
+    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.w[0]), "r"(v.w[1]),
+                 "r"(v.w[2]), "r"(v.w[3])
+                 : "memory");
+}
+
+template <u32 ES> __device__ __forceinline__ u32 lp_vec_get(const LpVec& v, u32 e) {
+    if (ES == 4u) return v.w[e];
+    return (v.w[e >> 1] >> ((e & 1u) * 16u)) & 0xffffu;
+}
+
+template <u32 ES> __device__ __forceinline__ void lp_vec_set(LpVec& v, u32 e, u32 raw) {
+    if (ES == 4u) {
+        v.w[e] = raw;
+    } else {
+        const u32 sh = (e & 1u) * 16u;
+        v.w[e >> 1] = (v.w[e >> 1] & ~(0xffffu << sh)) | ((raw & 0xffffu) << sh);
+    }
+}
+
+// Whole-word forms of the per-element work of the one-read kernels on rows without a
+// temperature (LP_PACKED; 0 keeps the per-element loops, for comparison).
+#ifndef LP_PACKED
+#define LP_PACKED 1
+#endif
+
+// -inf over the elements of `q` whose bit in `bits` is clear.
+template <int K> __device__ __forceinline__ void lp_vec_mask(LpVec& q, u32 bits) {
+    typedef Lp<K> E;
+    if (E::ES == 4u) {
+#pragma unroll
+        for (u32 e = 0; e < 4u; ++e) q.w[e] = ((bits >> e) & 1u) ? q.w[e] : (u32)E::NEG_INF_WORD;
+    } else {
+#pragma unroll
+        for (u32 i = 0; i < 4u; ++i) {
+            const u32 b = (bits >> (2u * i)) & 3u;
+            const u32 k = ((b & 1u) * 0xffffu) | ((b >> 1) * 0xffff0000u);
+            q.w[i] = (q.w[i] & k) | ((u32)E::NEG_INF_WORD & ~k);
+        }
+    }
+}
+
+// The running maximum of every element of `q`: in `m` for f32; for 16-bit logits in `mh`, one
+// maximum per half (NEG_INF_WORD to start; NaN never wins, as with fmaxf), folded by
+// `lp_max_fold`.
+template <int K> __device__ __forceinline__ void lp_vec_max(u32& mh, float& m, const LpVec& q) {
+    typedef Lp<K> E;
+#pragma unroll
+    for (u32 i = 0; i < 4u; ++i) {
+        if (E::ES == 4u) {
+            m = fmaxf(m, __uint_as_float(q.w[i]));
+        } else {
+#if __CUDA_ARCH__ >= 800
+            if (K == 1) asm("max.f16x2 %0, %0, %1;" : "+r"(mh) : "r"(q.w[i]));
+            else asm("max.bf16x2 %0, %0, %1;" : "+r"(mh) : "r"(q.w[i]));
+#else
+            m = fmaxf(m, fmaxf(E::from_raw(q.w[i] & 0xffffu), E::from_raw(q.w[i] >> 16)));
+#endif
+        }
+    }
+}
+
+template <int K> __device__ __forceinline__ float lp_max_fold(u32 mh, float m) {
+    typedef Lp<K> E;
+    if (E::ES == 4u) return m;
+    return fmaxf(m, fmaxf(E::from_raw(mh & 0xffffu), E::from_raw(mh >> 16)));
+}
+
+// -inf over the elements of `q` below `thr`.
+template <int K> __device__ __forceinline__ void lp_vec_cut(LpVec& q, float thr) {
+    typedef Lp<K> E;
+#pragma unroll
+    for (u32 i = 0; i < 4u; ++i) {
+        const u32 w = q.w[i];
+        if (E::ES == 4u) {
+            q.w[i] = __uint_as_float(w) < thr ? (u32)E::NEG_INF_WORD : w;
+        } else {
+            const u32 k = (E::from_raw(w & 0xffffu) < thr ? 0u : 0xffffu) |
+                          (E::from_raw(w >> 16) < thr ? 0u : 0xffff0000u);
+            q.w[i] = (w & k) | ((u32)E::NEG_INF_WORD & ~k);
+        }
+    }
+}
+

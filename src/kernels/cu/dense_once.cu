@@ -1,0 +1,302 @@
+// `lp_dense_once`: the dense phase of a launch with min-p in one pass over the logits,
+// with (row, chunk) tickets and a published row maximum.
+// Part of the CUDA source of the fused op: src/kernels/cuda.rs concatenates the files of
+// this folder in a fixed order (common, counts, sparse, dense, dense_once, dense_cluster,
+// entries) and compiles them with NVRTC as one unit.
+
+// A row maximum as a u32 with the same order (-0 below +0; NaN never reaches it), for
+// atomicMax. 0 is below every key of a float, so a zeroed slot holds "nothing yet".
+__device__ __forceinline__ u32 lp_key(float x) {
+    const u32 b = __float_as_uint(x);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__device__ __forceinline__ float lp_unkey(u32 k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+__device__ __forceinline__ u32 lp_load_acquire(const u32* p) {
+    u32 v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ u32 lp_load_relaxed(const u32* p) {
+    u32 v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+// The four words that decide what happens to a row: keep-table head, step-mask flag,
+// temperature and ln(min_p) bits (loaded ahead by one thread, see `lp_dense_once`).
+__device__ __forceinline__ void lp_row_words(u32* w, u32 row, const u32* keep_t, u32 keep_w,
+                                             const u32* smask, const u32* sactive,
+                                             const u32* temps, const u32* minps) {
+    w[0] = keep_t ? keep_t[(size_t)row * keep_w] : 0u;
+    w[1] = smask ? sactive[row] : 0u;
+    w[2] = temps ? temps[row] : 0x3f800000u; // 1.0f
+    w[3] = minps ? minps[row] : 0xff800000u; // -inf
+}
+
+template <int K>
+__device__ __forceinline__ LpRow lp_row_of(char* logits, u32 row, u32 vocab, const u32* keep_t,
+                                           u32 keep_w, const u32* gbits, const u32* smask,
+                                           const u32* w) {
+    LpRow r;
+    r.p = logits + (size_t)row * vocab * Lp<K>::ES;
+    r.head_word = w[0];
+    r.entry = r.head_word != 0u ? keep_t + (size_t)row * keep_w : (const u32*)0;
+    r.srow = w[1] != 0u ? smask + (size_t)row * ((vocab + 31u) >> 5) : (const u32*)0;
+    r.temp = __uint_as_float(w[2]);
+    r.lnp = __uint_as_float(w[3]);
+    r.has_min_p = r.lnp != LP_NEG_INF;
+    r.values = r.temp != 1.0f || r.has_min_p;
+    r.masked = r.head_word != 0u || gbits || r.srow;
+    return r;
+}
+
+// `lp_build_keep` with every global read in one round: a keep list's ids (at most
+// KEEP_LIST_MAX <= LP_THREADS, one per thread) are read with the mask words. Ends with a
+// barrier.
+__device__ __forceinline__ void lp_build_keep_once(u32* keep, const LpRow& r, const u32* gbits,
+                                                   u32 c0, u32 c1) {
+    const u32 tid = threadIdx.x, nt = blockDim.x;
+    const u32 nwords = (c1 - c0 + 31u) >> 5;
+    const u32 w0 = c0 >> 5;
+    const bool bitmask = r.head_word == LP_KEEP_BITMASK;
+    const bool list = r.head_word != 0u && !bitmask;
+    const u32 t = list && tid < r.head_word ? r.entry[1 + tid] : 0xffffffffu;
+    for (u32 w = tid; w < nwords + 2u; w += nt) {
+        u32 k = 0u;
+        if (w < nwords) {
+            k = bitmask ? r.entry[1 + w0 + w] : 0xffffffffu;
+            if (gbits) k &= gbits[w0 + w];
+            if (r.srow) k &= r.srow[w0 + w];
+        }
+        keep[w] = k; // for a list: what the other masks allow
+    }
+    __syncthreads();
+    if (list) { // block-uniform
+        const bool ok = t >= c0 && t < c1 && ((keep[(t - c0) >> 5] >> ((t - c0) & 31u)) & 1u);
+        __syncthreads();
+        for (u32 w = tid; w < nwords; w += nt) keep[w] = 0u;
+        __syncthreads();
+        if (ok) atomicOr(&keep[(t - c0) >> 5], 1u << ((t - c0) & 31u));
+        __syncthreads();
+    }
+}
+
+// A row whose keep set is a list (at most KEEP_LIST_MAX ids), in `lp_dense_once`: the block
+// of its first chunk reads, tempers, cuts and writes all of its kept tokens (the row maximum
+// needs no other block); every block writes -inf over the other tokens of its chunk without
+// reading them, with element stores beside kept tokens (which that first block may be writing).
+template <int K>
+__device__ __forceinline__ void lp_list_row(u32* keep, float* red, const LpRow& r,
+                                            const u32* gbits, u32 c0, u32 c1) {
+    typedef Lp<K> E;
+    const u32 VEC = 16 / E::ES;
+    const u32 tid = threadIdx.x;
+    lp_build_keep_once(keep, r, gbits, c0, c1);
+    const LpSpan s = lp_span<K>(r.p, c0, c1 - c0);
+    for (u32 v = tid; v < s.nvec; v += LP_THREADS) {
+        const u32 bits = lp_keep_bits(keep, s.head + v * VEC, VEC);
+        if (bits == 0u) {
+            lp_store16(s.body + (size_t)v * 16u, E::NEG_INF_WORD);
+        } else {
+            for (u32 e = 0; e < VEC; ++e) {
+                if (!((bits >> e) & 1u)) E::put(r.p, c0 + s.head + v * VEC + e, LP_NEG_INF);
+            }
+        }
+    }
+    if (tid < s.head + s.tail) {
+        const u32 off = tid < s.head ? tid : s.body_end + (tid - s.head);
+        if (!((keep[off >> 5] >> (off & 31u)) & 1u)) E::put(r.p, c0 + off, LP_NEG_INF);
+    }
+    if (c0 != 0u || !r.values) return; // block-uniform
+    const u32 t = tid < r.head_word ? r.entry[1 + tid] : 0u;
+    const bool kept = tid < r.head_word && (!gbits || ((gbits[t >> 5] >> (t & 31u)) & 1u)) &&
+                      (!r.srow || ((r.srow[t >> 5] >> (t & 31u)) & 1u));
+    const float y = kept ? lp_tempered<K>(r.p, t, r.temp) : LP_NEG_INF;
+    float thr = LP_NEG_INF;
+    if (r.has_min_p) {
+        float m = y;
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        if ((tid & 31u) == 0u) red[tid >> 5] = m;
+        __syncthreads();
+        float b = red[0];
+        for (u32 w = 1; w < LP_THREADS / 32u; ++w) b = fmaxf(b, red[w]);
+        thr = __fadd_rn(b, r.lnp);
+    }
+    if (kept) {
+        if (y < thr) E::put(r.p, t, LP_NEG_INF);
+        else if (r.temp != 1.0f) E::put(r.p, t, y);
+    }
+}
+
+// The one-launch form: every kept logit is read once. Persistent blocks take tickets
+// (`sync[0]`); ticket k is chunk k % nchunks of row k / nchunks, so a row's chunks go to
+// consecutive tickets. A block copies its chunk into its own slots of `stage` (shared memory;
+// masked 16-byte groups are written -inf, never read), masks and tempers it there and, for a
+// row with min-p, publishes the chunk's maximum into the row's slot (`sync[2 + 2 * row]`,
+// atomicMax of `lp_key`; arrivals counted in `sync[3 + 2 * row]`) before it waits for the
+// row's other chunks; then it cuts and stores. Rows whose keep set is a list never wait (see
+// `lp_list_row`). A waiting block has published, and the row's other chunks are held by blocks
+// that publish before they wait, or are taken next by a block that is not waiting (a block
+// takes its next ticket only once its own row is complete): at most nchunks - 1 blocks wait at
+// any time, so the launch finishes whenever the device can hold more than that many blocks
+// (the host checks). The last block to exit zeroes the row slots and `sync[0..2]`, so the
+// scratch is all zero between launches.
+template <int K>
+__device__ __forceinline__ void lp_dense_once(
+    char* logits, u32 batch, u32 vocab, u32 chunk,
+    const u32* keep_t, u32 keep_w, const u32* gbits,
+    const u32* smask, const u32* sactive,
+    const u32* temps, const u32* minps,
+    u32* sync, u32 nchunks)
+{
+    typedef Lp<K> E;
+    const u32 VEC = 16 / E::ES;
+    const u32 full = (1u << VEC) - 1u;
+    const u32 AHEAD = LP_THREADS - 32u; // the thread that takes the next ticket
+    __shared__ u32 keep[LP_ONCE_KEEP_WORDS];
+    __shared__ float red[LP_THREADS / 32u];
+    __shared__ float thr_s;
+    __shared__ u32 ticket_s[2];   // this ticket and the next (by parity)
+    __shared__ u32 words_s[2][4]; // their rows' `lp_row_words`
+    __shared__ u32 last_s;
+    __shared__ LpVec stage[LP_THREADS * LP_VECS]; // the chunk; a thread uses its own slots only
+
+    const u32 tid = threadIdx.x;
+    const u32 total = batch * nchunks;
+    const u32 neg_raw = E::to_raw(LP_NEG_INF);
+    if (tid == AHEAD) {
+        const u32 t = atomicAdd(&sync[0], 1u);
+        ticket_s[0] = t;
+        if (t < total) lp_row_words(words_s[0], t / nchunks, keep_t, keep_w, smask, sactive, temps, minps);
+    }
+    __syncthreads();
+    for (u32 it = 0;; ++it) {
+        const u32 cur = it & 1u;
+        const u32 ticket = ticket_s[cur];
+        if (ticket >= total) break; // block-uniform
+        const u32 row = ticket / nchunks;
+        const u32 c0 = (ticket - row * nchunks) * chunk;
+        const u32 c1 = min(c0 + chunk, vocab);
+        const LpRow r = lp_row_of<K>(logits, row, vocab, keep_t, keep_w, gbits, smask, words_s[cur]);
+        const bool list = r.head_word != 0u && r.head_word != LP_KEEP_BITMASK;
+        // The next ticket: now for a row that does not wait, after the wait for one that does.
+        u32 next = 0u;
+        if ((!r.has_min_p || list) && tid == AHEAD) next = atomicAdd(&sync[0], 1u);
+        if (list) {
+            lp_list_row<K>(keep, red, r, gbits, c0, c1);
+        } else if (r.masked || r.values) {
+            if (r.masked) lp_build_keep_once(keep, r, gbits, c0, c1);
+            const LpSpan s = lp_span<K>(r.p, c0, c1 - c0);
+
+            // Loads first, straight to this thread's slots of `stage` (all in flight at once);
+            // fully masked groups are written now, never read.
+            const u32 sbase = (u32)__cvta_generic_to_shared(stage);
+            for (u32 j = 0; j < LP_VECS; ++j) {
+                const u32 v = tid + j * LP_THREADS;
+                if (v >= s.nvec) break;
+                const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
+                char* p = s.body + (size_t)v * 16u;
+                if (bits == 0u) {
+                    lp_store16(p, E::NEG_INF_WORD);
+                } else if (bits != full || r.values) {
+                    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sbase + 16u * v), "l"(p) : "memory");
+                }
+            }
+            // The unaligned ends: one element per thread (head + tail < 2 * VEC <= LP_THREADS).
+            const u32 nscal = s.head + s.tail;
+            u32 soff = 0u;
+            bool skept = false;
+            float ys = LP_NEG_INF;
+            if (tid < nscal) {
+                soff = tid < s.head ? tid : s.body_end + (tid - s.head);
+                skept = !r.masked || ((keep[soff >> 5] >> (soff & 31u)) & 1u);
+                if (!skept) E::put(r.p, c0 + soff, LP_NEG_INF);
+                else if (r.values) ys = lp_tempered<K>(r.p, c0 + soff, r.temp);
+            }
+            asm volatile("cp.async.wait_all;" ::: "memory");
+
+            // Mask and temper; the chunk's maximum of kept, tempered logits. Without min-p the
+            // result is final and stored now; with it, it goes back to `stage` until the cut.
+            float m = skept ? ys : LP_NEG_INF;
+            u32 mh = E::NEG_INF_WORD;
+            for (u32 j = 0; j < LP_VECS; ++j) {
+                const u32 v = tid + j * LP_THREADS;
+                if (v >= s.nvec) break;
+                const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
+                if (bits == 0u || (bits == full && !r.values)) continue;
+                LpVec q = stage[v];
+                if (lp_stage_group<K>(q, bits, r, m, mh)) {
+                    if (r.has_min_p) stage[v] = q;
+                    else lp_store_vec(s.body + (size_t)v * 16u, q);
+                }
+            }
+
+            float thr = LP_NEG_INF;
+            if (r.has_min_p) { // block-uniform
+                m = lp_max_fold<K>(mh, m);
+                for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+                if ((tid & 31u) == 0u) red[tid >> 5] = m;
+                __syncthreads();
+                if (tid == 0) {
+                    float b = red[0];
+                    for (u32 w = 1; w < LP_THREADS / 32u; ++w) b = fmaxf(b, red[w]);
+                    u32* slot = sync + 2u + 2u * row;
+                    // Publish (the maximum, then the arrival, released after it) and wait.
+                    asm volatile("red.relaxed.gpu.global.max.u32 [%0], %1;" ::"l"(slot), "r"(lp_key(b)) : "memory");
+                    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(slot + 1) : "memory");
+                    while (lp_load_acquire(slot + 1) < nchunks) __nanosleep(64);
+                    thr_s = __fadd_rn(lp_unkey(lp_load_relaxed(slot)), r.lnp);
+                }
+                __syncthreads();
+                thr = thr_s;
+                if (tid == AHEAD) next = atomicAdd(&sync[0], 1u);
+
+                // Cut and store. Masked elements hold -inf already (cutting them again is a
+                // no-op); a kept element's slot holds its tempered, rounded value y, and
+                // from_raw(to_raw(y)) == y for every non-NaN y.
+                for (u32 j = 0; j < LP_VECS; ++j) {
+                    const u32 v = tid + j * LP_THREADS;
+                    if (v >= s.nvec) break;
+                    const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
+                    if (bits == 0u) continue;
+                    LpVec q = stage[v];
+#if LP_PACKED
+                    lp_vec_cut<K>(q, thr);
+#else
+#pragma unroll
+                    for (u32 e = 0; e < VEC; ++e) {
+                        if (E::from_raw(lp_vec_get<E::ES>(q, e)) < thr) lp_vec_set<E::ES>(q, e, neg_raw);
+                    }
+#endif
+                    lp_store_vec(s.body + (size_t)v * 16u, q);
+                }
+            }
+            if (skept && r.values) {
+                if (ys < thr) E::put(r.p, c0 + soff, LP_NEG_INF);
+                else if (r.temp != 1.0f) E::put(r.p, c0 + soff, ys);
+            }
+        }
+        if (tid == AHEAD) {
+            ticket_s[cur ^ 1u] = next;
+            if (next < total) lp_row_words(words_s[cur ^ 1u], next / nchunks, keep_t, keep_w, smask, sactive, temps, minps);
+        }
+        __syncthreads(); // `keep`, `red`, `thr_s` are reused by the next ticket
+    }
+    // The last block to exit zeroes the scratch (every other block is done with it).
+    if (tid == 0) last_s = atomicAdd(&sync[1], 1u) == gridDim.x - 1u;
+    __syncthreads();
+    if (last_s) {
+        __threadfence();
+        for (u32 k = tid; k < 2u * batch; k += LP_THREADS) sync[2 + k] = 0u;
+        if (tid == 0) {
+            sync[0] = 0u;
+            sync[1] = 0u;
+        }
+    }
+}
+
