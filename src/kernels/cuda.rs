@@ -477,6 +477,23 @@ static PARTIAL: Mutex<Vec<(DeviceId, CudaSlice<f32>)>> = Mutex::new(Vec::new());
 /// launches: the kernel zeroes what it used).
 static SYNC: Mutex<Vec<(DeviceId, CudaSlice<u32>)>> = Mutex::new(Vec::new());
 
+/// The position in `cache` of device `id`'s scratch buffer with at least `need` elements,
+/// allocated zeroed (rounded up to a power of two, replacing the device's smaller one) when
+/// there is none: grow-only, so steady-state steps allocate nothing.
+fn scratch<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    cache: &mut Vec<(DeviceId, CudaSlice<T>)>,
+    id: DeviceId,
+    stream: &Arc<CudaStream>,
+    need: usize,
+) -> Result<usize> {
+    if let Some(p) = cache.iter().position(|(d, s)| *d == id && s.len() >= need) {
+        return Ok(p);
+    }
+    cache.retain(|(d, _)| *d != id);
+    cache.push((id, stream.alloc_zeros::<T>(need.next_power_of_two()).w()?));
+    Ok(cache.len() - 1)
+}
+
 fn attribute(stream: &CudaStream, attr: CUdevice_attribute) -> Result<i32> {
     stream.context().attribute(attr).w()
 }
@@ -912,17 +929,8 @@ pub(crate) fn run(
     if let Some(chunk) = once {
         let nchunks = vocab32.div_ceil(chunk);
         let tickets = batch32 * nchunks;
-        let need = 2 + 2 * batch;
         let mut cache = SYNC.lock().unwrap_or_else(|e| e.into_inner());
-        let id = dev.id();
-        let pos = match cache.iter().position(|(d, s)| *d == id && s.len() >= need) {
-            Some(p) => p,
-            None => {
-                cache.retain(|(d, _)| *d != id);
-                cache.push((id, stream.alloc_zeros::<u32>(need.next_power_of_two()).w()?));
-                cache.len() - 1
-            }
-        };
+        let pos = scratch(&mut cache, dev.id(), &stream, 2 + 2 * batch)?;
         let (mut sync, _sync_guard) = cache[pos].1.device_ptr_mut(&stream);
         let (mut chunk_arg, mut nchunks_arg) = (chunk, nchunks);
         let mut params: [*mut c_void; 13] = [
@@ -952,17 +960,8 @@ pub(crate) fn run(
     let mut partial = 0u64;
     let mut partial_cache = None;
     if op.min_p.is_some() {
-        let need = batch * nchunks as usize;
         let mut cache = PARTIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let id = dev.id();
-        let pos = match cache.iter().position(|(d, s)| *d == id && s.len() >= need) {
-            Some(p) => p,
-            None => {
-                cache.retain(|(d, _)| *d != id);
-                cache.push((id, stream.alloc_zeros::<f32>(need.next_power_of_two()).w()?));
-                cache.len() - 1
-            }
-        };
+        let pos = scratch(&mut cache, dev.id(), &stream, batch * nchunks as usize)?;
         partial_cache = Some(cache);
         let (p, g) = partial_cache.as_mut().expect("locked")[pos]
             .1

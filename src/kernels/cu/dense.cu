@@ -272,3 +272,109 @@ __device__ __forceinline__ bool lp_stage_group(LpVec& q, u32 bits, const LpRow& 
     for (u32 e = 0; e < VEC; ++e) m = fmaxf(m, E::from_raw(lp_vec_get<E::ES>(q, e)));
     return false;
 }
+
+// The staged chunk of a one-pass dense kernel, in three steps shared by `lp_dense_once` and
+// `lp_dense_cluster` (between the second and third, each publishes and exchanges the chunk
+// maxima its own way). MAXV bounds the 16-byte groups a thread stages: LP_VECS for the
+// fixed-size chunks of `lp_dense_once` (a loop the compiler unrolls), LP_ANY_VECS for a
+// cluster block's slice.
+#define LP_ANY_VECS (0xffffffffu / LP_THREADS)
+
+// The chunk's unaligned ends, one element per thread (head + tail < 2 * VEC <= LP_THREADS):
+// where the element is, whether it is kept, and its tempered value.
+struct LpEnd {
+    u32 off;
+    bool kept;
+    float y;
+};
+
+// Step 1: loads the chunk's kept 16-byte groups straight into this thread's slots of `stage`
+// (all in flight at once; fully masked groups are written -inf now, never read), handles the
+// ends, then masks and tempers the groups, folding kept values into the chunk maximum (`m`,
+// `mh`). Without min-p every group is final and stored; with it, groups go back to `stage`
+// until the cut.
+template <int K, u32 MAXV>
+__device__ __forceinline__ LpEnd lp_chunk_stage(const LpRow& r, const u32* keep, const LpSpan& s,
+                                                LpVec* stage, u32 c0, float& m, u32& mh) {
+    typedef Lp<K> E;
+    const u32 VEC = 16 / E::ES;
+    const u32 full = (1u << VEC) - 1u;
+    const u32 tid = threadIdx.x;
+    const u32 sbase = (u32)__cvta_generic_to_shared(stage);
+    for (u32 j = 0; j < MAXV; ++j) {
+        const u32 v = tid + j * LP_THREADS;
+        if (v >= s.nvec) break;
+        const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
+        char* p = s.body + (size_t)v * 16u;
+        if (bits == 0u) {
+            lp_store16(p, E::NEG_INF_WORD);
+        } else if (bits != full || r.values) {
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sbase + 16u * v), "l"(p) : "memory");
+        }
+    }
+    LpEnd end;
+    end.off = 0u;
+    end.kept = false;
+    end.y = LP_NEG_INF;
+    if (tid < s.head + s.tail) {
+        end.off = tid < s.head ? tid : s.body_end + (tid - s.head);
+        end.kept = !r.masked || ((keep[end.off >> 5] >> (end.off & 31u)) & 1u);
+        if (!end.kept) E::put(r.p, c0 + end.off, LP_NEG_INF);
+        else if (r.values) end.y = lp_tempered<K>(r.p, c0 + end.off, r.temp);
+    }
+    asm volatile("cp.async.wait_all;" ::: "memory");
+
+    m = end.kept ? end.y : LP_NEG_INF;
+    mh = E::NEG_INF_WORD;
+    for (u32 j = 0; j < MAXV; ++j) {
+        const u32 v = tid + j * LP_THREADS;
+        if (v >= s.nvec) break;
+        const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
+        if (bits == 0u || (bits == full && !r.values)) continue;
+        LpVec q = stage[v];
+        if (lp_stage_group<K>(q, bits, r, m, mh)) {
+            if (r.has_min_p) stage[v] = q;
+            else lp_store_vec(s.body + (size_t)v * 16u, q);
+        }
+    }
+    return end;
+}
+
+// Step 3 (rows with min-p): cuts the staged groups at `thr` and stores them. Masked elements
+// hold -inf already (cutting them again is a no-op); a kept element's slot holds its tempered,
+// rounded value y, and from_raw(to_raw(y)) == y for every non-NaN y.
+template <int K, u32 MAXV>
+__device__ __forceinline__ void lp_chunk_cut(const LpRow& r, const u32* keep, const LpSpan& s,
+                                             LpVec* stage, float thr) {
+    typedef Lp<K> E;
+    const u32 VEC = 16 / E::ES;
+    const u32 full = (1u << VEC) - 1u;
+    const u32 tid = threadIdx.x;
+    for (u32 j = 0; j < MAXV; ++j) {
+        const u32 v = tid + j * LP_THREADS;
+        if (v >= s.nvec) break;
+        const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
+        if (bits == 0u) continue;
+        LpVec q = stage[v];
+#if LP_PACKED
+        lp_vec_cut<K>(q, thr);
+#else
+        const u32 neg_raw = E::to_raw(LP_NEG_INF);
+#pragma unroll
+        for (u32 e = 0; e < VEC; ++e) {
+            if (E::from_raw(lp_vec_get<E::ES>(q, e)) < thr) lp_vec_set<E::ES>(q, e, neg_raw);
+        }
+#endif
+        lp_store_vec(s.body + (size_t)v * 16u, q);
+    }
+}
+
+// The thread's end element, cut at `thr` (-inf without min-p) and tempered.
+template <int K>
+__device__ __forceinline__ void lp_chunk_end(const LpRow& r, const LpEnd& end, u32 c0, float thr) {
+    typedef Lp<K> E;
+    if (end.kept && r.values) {
+        if (end.y < thr) E::put(r.p, c0 + end.off, LP_NEG_INF);
+        else if (r.temp != 1.0f) E::put(r.p, c0 + end.off, end.y);
+    }
+}

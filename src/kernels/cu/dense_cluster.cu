@@ -55,8 +55,6 @@ __device__ __forceinline__ void lp_dense_cluster(
 {
 #if __CUDA_ARCH__ >= 900
     typedef Lp<K> E;
-    const u32 VEC = 16 / E::ES;
-    const u32 full = (1u << VEC) - 1u;
     __shared__ float red[LP_THREADS / 32u];
     __shared__ float cmax[2];
     LpVec* stage = reinterpret_cast<LpVec*>(lp_dyn);
@@ -65,8 +63,6 @@ __device__ __forceinline__ void lp_dense_cluster(
     const u32 tid = threadIdx.x, lane = tid & 31u;
     const u32 rank = lp_cluster_rank();
     const u32 csize = gridDim.x;
-    const u32 neg_raw = E::to_raw(LP_NEG_INF);
-    const u32 sbase = (u32)__cvta_generic_to_shared(stage);
     u32 parity = 0u;
     for (u32 row = blockIdx.y; row < batch; row += gridDim.y) {
         const LpRow r = lp_row<K>(logits, row, vocab, keep_t, keep_w, gbits, smask, sactive,
@@ -79,39 +75,9 @@ __device__ __forceinline__ void lp_dense_cluster(
         } else if (r.masked || r.values) { // row-uniform: the whole cluster takes it
             if (r.masked) lp_build_keep_once(keep, r, gbits, c0, c1);
             const LpSpan s = lp_span<K>(r.p, c0, c1 - c0);
-            for (u32 v = tid; v < s.nvec; v += LP_THREADS) {
-                const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
-                char* p = s.body + (size_t)v * 16u;
-                if (bits == 0u) {
-                    lp_store16(p, E::NEG_INF_WORD);
-                } else if (bits != full || r.values) {
-                    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sbase + 16u * v), "l"(p) : "memory");
-                }
-            }
-            const u32 nscal = s.head + s.tail;
-            u32 soff = 0u;
-            bool skept = false;
-            float ys = LP_NEG_INF;
-            if (tid < nscal) {
-                soff = tid < s.head ? tid : s.body_end + (tid - s.head);
-                skept = !r.masked || ((keep[soff >> 5] >> (soff & 31u)) & 1u);
-                if (!skept) E::put(r.p, c0 + soff, LP_NEG_INF);
-                else if (r.values) ys = lp_tempered<K>(r.p, c0 + soff, r.temp);
-            }
-            asm volatile("cp.async.wait_all;" ::: "memory");
-
-            float m = skept ? ys : LP_NEG_INF;
-            u32 mh = E::NEG_INF_WORD;
-            for (u32 v = tid; v < s.nvec; v += LP_THREADS) {
-                const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
-                if (bits == 0u || (bits == full && !r.values)) continue;
-                LpVec q = stage[v];
-                if (lp_stage_group<K>(q, bits, r, m, mh)) {
-                    if (r.has_min_p) stage[v] = q;
-                    else lp_store_vec(s.body + (size_t)v * 16u, q);
-                }
-            }
-
+            float m;
+            u32 mh;
+            const LpEnd end = lp_chunk_stage<K, LP_ANY_VECS>(r, keep, s, stage, c0, m, mh);
             float thr = LP_NEG_INF;
             if (r.has_min_p) { // row-uniform
                 m = lp_max_fold<K>(mh, m);
@@ -128,26 +94,9 @@ __device__ __forceinline__ void lp_dense_cluster(
                 for (int o = 16; o > 0; o >>= 1) b = fmaxf(b, __shfl_xor_sync(0xffffffffu, b, o));
                 thr = __fadd_rn(b, r.lnp);
                 parity ^= 1u;
-                // Cut and store (as in `lp_dense_once`).
-                for (u32 v = tid; v < s.nvec; v += LP_THREADS) {
-                    const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
-                    if (bits == 0u) continue;
-                    LpVec q = stage[v];
-#if LP_PACKED
-                    lp_vec_cut<K>(q, thr);
-#else
-#pragma unroll
-                    for (u32 e = 0; e < VEC; ++e) {
-                        if (E::from_raw(lp_vec_get<E::ES>(q, e)) < thr) lp_vec_set<E::ES>(q, e, neg_raw);
-                    }
-#endif
-                    lp_store_vec(s.body + (size_t)v * 16u, q);
-                }
+                lp_chunk_cut<K, LP_ANY_VECS>(r, keep, s, stage, thr);
             }
-            if (skept && r.values) {
-                if (ys < thr) E::put(r.p, c0 + soff, LP_NEG_INF);
-                else if (r.temp != 1.0f) E::put(r.p, c0 + soff, ys);
-            }
+            lp_chunk_end<K>(r, end, c0, thr);
         }
         __syncthreads(); // `keep` and `red` are reused by the next row
     }

@@ -154,9 +154,6 @@ __device__ __forceinline__ void lp_dense_once(
     const u32* temps, const u32* minps,
     u32* sync, u32 nchunks)
 {
-    typedef Lp<K> E;
-    const u32 VEC = 16 / E::ES;
-    const u32 full = (1u << VEC) - 1u;
     const u32 AHEAD = LP_THREADS - 32u; // the thread that takes the next ticket
     __shared__ u32 keep[LP_ONCE_KEEP_WORDS];
     __shared__ float red[LP_THREADS / 32u];
@@ -168,7 +165,6 @@ __device__ __forceinline__ void lp_dense_once(
 
     const u32 tid = threadIdx.x;
     const u32 total = batch * nchunks;
-    const u32 neg_raw = E::to_raw(LP_NEG_INF);
     if (tid == AHEAD) {
         const u32 t = atomicAdd(&sync[0], 1u);
         ticket_s[0] = t;
@@ -192,50 +188,9 @@ __device__ __forceinline__ void lp_dense_once(
         } else if (r.masked || r.values) {
             if (r.masked) lp_build_keep_once(keep, r, gbits, c0, c1);
             const LpSpan s = lp_span<K>(r.p, c0, c1 - c0);
-
-            // Loads first, straight to this thread's slots of `stage` (all in flight at once);
-            // fully masked groups are written now, never read.
-            const u32 sbase = (u32)__cvta_generic_to_shared(stage);
-            for (u32 j = 0; j < LP_VECS; ++j) {
-                const u32 v = tid + j * LP_THREADS;
-                if (v >= s.nvec) break;
-                const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
-                char* p = s.body + (size_t)v * 16u;
-                if (bits == 0u) {
-                    lp_store16(p, E::NEG_INF_WORD);
-                } else if (bits != full || r.values) {
-                    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sbase + 16u * v), "l"(p) : "memory");
-                }
-            }
-            // The unaligned ends: one element per thread (head + tail < 2 * VEC <= LP_THREADS).
-            const u32 nscal = s.head + s.tail;
-            u32 soff = 0u;
-            bool skept = false;
-            float ys = LP_NEG_INF;
-            if (tid < nscal) {
-                soff = tid < s.head ? tid : s.body_end + (tid - s.head);
-                skept = !r.masked || ((keep[soff >> 5] >> (soff & 31u)) & 1u);
-                if (!skept) E::put(r.p, c0 + soff, LP_NEG_INF);
-                else if (r.values) ys = lp_tempered<K>(r.p, c0 + soff, r.temp);
-            }
-            asm volatile("cp.async.wait_all;" ::: "memory");
-
-            // Mask and temper; the chunk's maximum of kept, tempered logits. Without min-p the
-            // result is final and stored now; with it, it goes back to `stage` until the cut.
-            float m = skept ? ys : LP_NEG_INF;
-            u32 mh = E::NEG_INF_WORD;
-            for (u32 j = 0; j < LP_VECS; ++j) {
-                const u32 v = tid + j * LP_THREADS;
-                if (v >= s.nvec) break;
-                const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
-                if (bits == 0u || (bits == full && !r.values)) continue;
-                LpVec q = stage[v];
-                if (lp_stage_group<K>(q, bits, r, m, mh)) {
-                    if (r.has_min_p) stage[v] = q;
-                    else lp_store_vec(s.body + (size_t)v * 16u, q);
-                }
-            }
-
+            float m;
+            u32 mh;
+            const LpEnd end = lp_chunk_stage<K, LP_VECS>(r, keep, s, stage, c0, m, mh);
             float thr = LP_NEG_INF;
             if (r.has_min_p) { // block-uniform
                 m = lp_max_fold<K>(mh, m);
@@ -256,30 +211,9 @@ __device__ __forceinline__ void lp_dense_once(
                 thr = thr_s;
                 if (tid == AHEAD) next = atomicAdd(&sync[0], 1u);
 
-                // Cut and store. Masked elements hold -inf already (cutting them again is a
-                // no-op); a kept element's slot holds its tempered, rounded value y, and
-                // from_raw(to_raw(y)) == y for every non-NaN y.
-                for (u32 j = 0; j < LP_VECS; ++j) {
-                    const u32 v = tid + j * LP_THREADS;
-                    if (v >= s.nvec) break;
-                    const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
-                    if (bits == 0u) continue;
-                    LpVec q = stage[v];
-#if LP_PACKED
-                    lp_vec_cut<K>(q, thr);
-#else
-#pragma unroll
-                    for (u32 e = 0; e < VEC; ++e) {
-                        if (E::from_raw(lp_vec_get<E::ES>(q, e)) < thr) lp_vec_set<E::ES>(q, e, neg_raw);
-                    }
-#endif
-                    lp_store_vec(s.body + (size_t)v * 16u, q);
-                }
+                lp_chunk_cut<K, LP_VECS>(r, keep, s, stage, thr);
             }
-            if (skept && r.values) {
-                if (ys < thr) E::put(r.p, c0 + soff, LP_NEG_INF);
-                else if (r.temp != 1.0f) E::put(r.p, c0 + soff, ys);
-            }
+            lp_chunk_end<K>(r, end, c0, thr);
         }
         if (tid == AHEAD) {
             ticket_s[cur ^ 1u] = next;
