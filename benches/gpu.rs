@@ -14,7 +14,12 @@
 //!
 //! Method: buffers are rotated so that their total exceeds L2; each figure is the median of 9
 //! repeats of `n` back-to-back calls timed with CUDA events (`n` sized for ≈3 ms per repeat),
-//! after warm-up.
+//! after warm-up. Configurations with a bitmask set it (for every row) before each call, as an
+//! engine does each step.
+//!
+//! `LP_BENCH_ONLY=<text>` runs only the configurations whose label contains the text (for a
+//! profiler such as `ncu`); `LOGITS_PROCESSORS_ONCE=<n>` overrides the dense kernel's options
+//! (src/kernels/cuda.rs `ONCE_*`), to compare them in one session.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -172,6 +177,7 @@ fn main() {
             "Pipeline: Force+Bias+MinTokens+Penalties+MinP",
             vec![Force, MinTokens, Bias, Penalties, MinP],
         ),
+        ("Pipeline: Bitmask+MinP", vec![Bitmask, MinP]),
         (
             "Pipeline: Bitmask+Bias+MinTokens+Penalties+MinP",
             vec![Bitmask, MinTokens, Bias, Penalties, MinP],
@@ -189,6 +195,12 @@ fn main() {
             ],
         ),
     ];
+    // `LP_BENCH_ONLY=<text>`: only the configurations whose label contains it (for profilers).
+    let only = std::env::var("LP_BENCH_ONLY").ok();
+    let configs: Vec<_> = configs
+        .into_iter()
+        .filter(|(label, _)| only.as_deref().is_none_or(|o| label.contains(o)))
+        .collect();
     let mut table = Vec::new();
     for dtype in DTYPES {
         let bytes = BATCH * VOCAB * dtype.size_in_bytes();

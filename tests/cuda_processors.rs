@@ -550,3 +550,92 @@ fn penalty_counts_drained_between_applies_match_the_cpu() {
         assert!(same(*w, *g), "token {i}: cuda {g} cpu {w}");
     }
 }
+
+/// Min-p on rows where most tokens survive their chunk's own cut (flat, nearly flat, and
+/// several peaks in different chunks; with and without a temperature and a grammar mask), at
+/// the real vocabulary size, match the CPU: the rows whose survivors overflow the kernel's list
+/// are re-read whole by their last block.
+#[test]
+fn min_p_on_flat_and_many_peaked_rows_matches_the_cpu() {
+    let gpu = Device::new_cuda(0).expect("a CUDA device");
+    let vocab = 151_936usize;
+    let words = vocab.div_ceil(32);
+    let mut rng = StdRng::seed_from_u64(4242);
+    for dtype in DTYPES {
+        for temperature in [None, Some(0.7f32)] {
+            let rows = 6usize;
+            let [mut cpu, mut dev] = [Device::Cpu, gpu.clone()].map(|device| {
+                let c = ProcessorConfig::builder()
+                    .max_batch_size(rows)
+                    .vocab_size(vocab)
+                    .device(device)
+                    .build()
+                    .unwrap();
+                let mut b = Pipeline::builder(&c).with(TokenBitmask::new(&c).unwrap());
+                if temperature.is_some() {
+                    b = b.with(Temperature::new(&c).unwrap());
+                }
+                b.with(MinP::new(&c).unwrap()).build().unwrap()
+            });
+            let mut changes = BatchUpdateBuilder::new();
+            for row in 0..rows {
+                let mut p = RequestParams::new().with_min_p([0.001, 0.05, 0.9][row % 3]);
+                if let Some(t) = temperature {
+                    p = p.with_temperature(t);
+                }
+                changes.add(row, Arc::new(p));
+            }
+            let update = changes.build(rows).cloned();
+            cpu.update_state(update.as_ref()).unwrap();
+            dev.update_state(update.as_ref()).unwrap();
+            let mask: Vec<u32> = (0..rows * words).map(|_| rng.random::<u32>()).collect();
+            let t = Tensor::from_vec(mask.clone(), (rows, words), &gpu).unwrap();
+            cpu.token_bitmask_mut()
+                .unwrap()
+                .set_host(&mask, &[1, 4])
+                .unwrap();
+            dev.token_bitmask_mut()
+                .unwrap()
+                .set_tensor(&t, &[1, 4])
+                .unwrap();
+            let mut values = Vec::with_capacity(rows * vocab);
+            for row in 0..rows {
+                for i in 0..vocab {
+                    values.push(match row % 3 {
+                        0 => 1.5,                            // flat
+                        1 => rng.random_range(0.0f32..0.01), // nearly flat
+                        _ => {
+                            if i % 9000 == 17 {
+                                8.0
+                            } else {
+                                rng.random_range(-3.0f32..3.0)
+                            }
+                        }
+                    });
+                }
+            }
+            let host = Tensor::from_vec(values, (rows, vocab), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let on_gpu = host.to_device(&gpu).unwrap();
+            cpu.apply(&host).unwrap();
+            dev.apply(&on_gpu).unwrap();
+            let (want, got) = (to_host(&host), to_host(&on_gpu));
+            let mut cut = 0usize;
+            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                assert!(
+                    same(*w, *g),
+                    "{dtype:?} temperature {temperature:?} row {} token {}: cuda {g} cpu {w}",
+                    i / vocab,
+                    i % vocab
+                );
+                cut += usize::from(*w == f32::NEG_INFINITY);
+            }
+            assert!(
+                cut > 0 && cut < rows * vocab,
+                "{dtype:?}: min-p cut nothing or all"
+            );
+        }
+    }
+}

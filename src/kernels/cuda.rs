@@ -6,6 +6,12 @@
 //! chunks of the row, so kept logits are read once. It finishes only if the device can hold
 //! more blocks at once than a row has chunks; where it cannot (a small device, a huge
 //! vocabulary), the row maximum is a launch of its own (`lp_dense` pass 0, then pass 1).
+//! Options (`ONCE_*`, overridden by `LOGITS_PROCESSORS_ONCE` for tests and benches): rows with
+//! a mask publish their chunk's maximum without waiting (each block cuts at its own maximum,
+//! which is never above the row's, and the row's last block cuts the few listed survivors);
+//! a row's grammar mask is copied into shared memory beside its logits; and after an
+//! `lp_sparse` launch, `lp_dense_once` starts as its programmatic dependent (sm_90+), its
+//! prologue overlapping `lp_sparse`'s end.
 //!
 //! On devices with thread-block clusters (compute capability 9.0 and later), a launch with
 //! min-p *and* a temperature uses `lp_dense_cluster` instead: one cluster of 8 or 16 blocks
@@ -66,6 +72,33 @@ const CLUSTER_BYTES: u32 = 48 * 1024;
 /// with clusters of that size. Unset: launches with min-p and a temperature (where it measured
 /// faster on the H100, see docs/benchmarks.md run 9), clusters of 8 or 16.
 const CLUSTER_ENV: &str = "LOGITS_PROCESSORS_CLUSTER";
+
+/// The environment variable that overrides `lp_dense_once`'s options (a sum of the `ONCE_*`
+/// bits below; unset: `ONCE_DEFAULT`), so that benches and tests can compare and run each path
+/// on one device.
+const ONCE_ENV: &str = "LOGITS_PROCESSORS_ONCE";
+/// The kernel's `LP_ONCE_SPEC`: a row with a step mask has its chunk loaded before its keep
+/// mask is built (the mask's words read beside the logits, not before them).
+const ONCE_SPEC: u32 = 1;
+/// The kernel's `LP_ONCE_SPEC_CP`: as `ONCE_SPEC`, and a step mask that is the row's only mask
+/// is copied into the keep mask by `cp.async` beside the chunk's loads.
+const ONCE_SPEC_CP: u32 = 2;
+/// Host only: after an `lp_sparse` launch, `lp_dense_once` is launched as its programmatic
+/// dependent (compute capability 9.0 and later): its blocks start while `lp_sparse` finishes
+/// and wait for it before reading the logits.
+const ONCE_PDL: u32 = 4;
+/// The kernel's `LP_ONCE_NOWAIT`: rows with min-p never wait for their maximum; each block cuts
+/// its chunk at its own maximum and lists the survivors, which the row's last block cuts at the
+/// row's threshold.
+const ONCE_NOWAIT: u32 = 8;
+/// The kernel's `LP_ONCE_NOWAIT_MASKED`: `ONCE_NOWAIT` for the rows with a mask only.
+const ONCE_NOWAIT_MASKED: u32 = 16;
+/// The kernel's `LP_SURV_ROW`: survivors listed per row per launch.
+const SURV_ROW: usize = 2048;
+/// The options used unless `ONCE_ENV` says otherwise: each measured faster on the H100 at batch
+/// 256 (docs/benchmarks.md, run 13), `ONCE_NOWAIT` for masked rows only (rows without a mask
+/// measured slower with it in f16 and bf16).
+const ONCE_DEFAULT: u32 = ONCE_SPEC_CP | ONCE_PDL | ONCE_NOWAIT_MASKED;
 
 macro_rules! arg {
     ($x:expr) => {
@@ -348,6 +381,10 @@ struct Kernels {
     once: [CudaFunction; 3],
     /// Blocks of `lp_dense_once_*` the device holds at once (occupancy times SMs).
     once_resident: [u32; 3],
+    /// `ONCE_*` options (`ONCE_ENV`, else `ONCE_DEFAULT`).
+    once_flags: u32,
+    /// Programmatic dependent launches (compute capability 9.0 and later).
+    pdl: bool,
     /// `lp_dense_cluster_{f32,f16,bf16}`, on devices with thread-block clusters (sm_90+).
     cluster: Option<[CudaFunction; 3]>,
     /// The most dynamic shared memory a block of `lp_dense_cluster_*` may have.
@@ -447,6 +484,19 @@ fn cluster_attribute(size: u32) -> sys::CUlaunchAttribute {
     }
 }
 
+/// The launch attribute that lets a kernel start before the previous kernel of its stream has
+/// completed (it waits for it with `griddepcontrol.wait`).
+fn pdl_attribute() -> sys::CUlaunchAttribute {
+    // SAFETY: plain C data; all-zero is a valid value of every field of the union.
+    let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+    value.programmaticStreamSerializationAllowed = 1;
+    sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+        pad: [0; 4],
+        value,
+    }
+}
+
 fn launch_config(
     grid: (u32, u32, u32),
     smem: u32,
@@ -476,6 +526,9 @@ static PARTIAL: Mutex<Vec<(DeviceId, CudaSlice<f32>)>> = Mutex::new(Vec::new());
 /// Per device, the tickets and row slots of `lp_dense_once` (grow-only; all zero between
 /// launches: the kernel zeroes what it used).
 static SYNC: Mutex<Vec<(DeviceId, CudaSlice<u32>)>> = Mutex::new(Vec::new());
+/// Per device, the survivor lists of `lp_dense_once` with `ONCE_NOWAIT` (grow-only; each
+/// launch writes what it reads).
+static SURV: Mutex<Vec<(DeviceId, CudaSlice<u32>)>> = Mutex::new(Vec::new());
 
 /// The position in `cache` of device `id`'s scratch buffer with at least `need` elements,
 /// allocated zeroed (rounded up to a power of two, replacing the device's smaller one) when
@@ -629,6 +682,11 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
         ],
         once,
         once_resident,
+        once_flags: std::env::var(ONCE_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(ONCE_DEFAULT),
+        pdl: major >= 9,
         cluster,
         cluster_smem,
         cluster_sizes,
@@ -769,6 +827,7 @@ pub(crate) fn run(
     let mut guards = Guards::new();
 
     // Sparse phase.
+    let mut sparse_launched = false;
     let boost = match op.ids {
         Some(a) if a.n_ids > 0 => match a.mode {
             IdsMode::Boost(b) => Some((a, b)),
@@ -831,6 +890,7 @@ pub(crate) fn run(
         if let Some(p) = op.penalties {
             p.counts.mark_sent();
         }
+        sparse_launched = true;
     }
 
     // Dense phase.
@@ -930,10 +990,21 @@ pub(crate) fn run(
         let nchunks = vocab32.div_ceil(chunk);
         let tickets = batch32 * nchunks;
         let mut cache = SYNC.lock().unwrap_or_else(|e| e.into_inner());
-        let pos = scratch(&mut cache, dev.id(), &stream, 2 + 2 * batch)?;
+        let pos = scratch(&mut cache, dev.id(), &stream, 2 + 4 * batch)?;
         let (mut sync, _sync_guard) = cache[pos].1.device_ptr_mut(&stream);
+        let mut surv_cache = SURV.lock().unwrap_or_else(|e| e.into_inner());
+        let mut surv = 0u64;
+        let mut _surv_guard = None;
+        if k.once_flags & (ONCE_NOWAIT | ONCE_NOWAIT_MASKED) != 0 {
+            let pos = scratch(&mut surv_cache, dev.id(), &stream, SURV_ROW * batch)?;
+            let (p, g) = surv_cache[pos].1.device_ptr_mut(&stream);
+            surv = p;
+            _surv_guard = Some(g);
+        }
         let (mut chunk_arg, mut nchunks_arg) = (chunk, nchunks);
-        let mut params: [*mut c_void; 13] = [
+        let mut flags =
+            k.once_flags & (ONCE_SPEC | ONCE_SPEC_CP | ONCE_NOWAIT | ONCE_NOWAIT_MASKED);
+        let mut params: [*mut c_void; 15] = [
             arg!(logits),
             arg!(batch_arg),
             arg!(vocab_arg),
@@ -947,8 +1018,29 @@ pub(crate) fn run(
             arg!(minps),
             arg!(sync),
             arg!(nchunks_arg),
+            arg!(flags),
+            arg!(surv),
         ];
         let blocks = tickets.min(k.once_resident[which]).max(1);
+        if sparse_launched && k.pdl && k.once_flags & ONCE_PDL != 0 {
+            let mut attr = [pdl_attribute()];
+            let cfg = launch_config((blocks, 1, 1), 0, &stream, &mut attr);
+            stream.context().bind_to_thread().w()?;
+            // SAFETY: `params` matches `lp_dense_once_*` in cu/entries.cu, every pointer in it
+            // and `cfg`'s attribute are live for the call, and the kernel stays inside the logits
+            // and the tables it is given; it reads the logits only after `griddepcontrol.wait`,
+            // that is, after `lp_sparse` has completed.
+            return unsafe {
+                sys::cuLaunchKernelEx(
+                    &cfg,
+                    k.once[which].cu_function(),
+                    params.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+                .result()
+            }
+            .w();
+        }
         return launch_with(
             &k.once[which],
             &stream,

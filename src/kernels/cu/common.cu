@@ -22,7 +22,8 @@
 //   read once, masked ones written -inf unread), publish the chunk's maximum, wait for the
 //   row's other chunks, then cut and store (see its comment for why it cannot deadlock). A
 //   row whose keep set is a short list never waits: its first chunk's block handles the kept
-//   tokens alone.
+//   tokens alone. Its `flags` (LP_ONCE_*): a row's step mask copied beside its logits
+//   (cp.async), and rows that publish without waiting (`lp_nowait_chunk`, `lp_finalize`).
 // * `lp_dense_cluster_<dtype>` (sm_90 and later; an empty kernel below): the same one-pass dense
 //   phase with one thread-block cluster per row (8 or 16 blocks, the row split between them
 //   in shared memory, the row maximum exchanged through distributed shared memory after a
@@ -113,6 +114,21 @@ template <> struct Lp<2> {
     static __device__ __forceinline__ float from_raw(u32 r) { return __uint_as_float(r << 16); }
     static __device__ __forceinline__ u32 to_raw(float x) { return (u32)lp_f32_to_bf16(x); }
 };
+
+// Programmatic dependent launch (sm_90 and later; no-ops elsewhere, and where the launch did
+// not ask for it). `lp_grid_release`: the next kernel of the stream may start now (it waits in
+// `lp_grid_wait` for this one to complete and its writes to be visible).
+__device__ __forceinline__ void lp_grid_release() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void lp_grid_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
 
 __device__ __forceinline__ void lp_store16(char* p, u32 w) {
     asm volatile("st.global.v4.u32 [%0], {%1, %1, %1, %1};" ::"l"(p), "r"(w) : "memory");

@@ -288,14 +288,13 @@ struct LpEnd {
     float y;
 };
 
-// Step 1: loads the chunk's kept 16-byte groups straight into this thread's slots of `stage`
-// (all in flight at once; fully masked groups are written -inf now, never read), handles the
-// ends, then masks and tempers the groups, folding kept values into the chunk maximum (`m`,
-// `mh`). Without min-p every group is final and stored; with it, groups go back to `stage`
-// until the cut.
+// Step 1a: issues the loads of the chunk's 16-byte groups into this thread's slots of
+// `stage` (all in flight at once). `all` (block-uniform): every group, before the keep mask is
+// known (step 1b writes the fully masked ones -inf); else the kept groups only, and fully
+// masked ones are written -inf now, never read.
 template <int K, u32 MAXV>
-__device__ __forceinline__ LpEnd lp_chunk_stage(const LpRow& r, const u32* keep, const LpSpan& s,
-                                                LpVec* stage, u32 c0, float& m, u32& mh) {
+__device__ __forceinline__ void lp_chunk_issue(const LpRow& r, const u32* keep, const LpSpan& s,
+                                               LpVec* stage, bool all) {
     typedef Lp<K> E;
     const u32 VEC = 16 / E::ES;
     const u32 full = (1u << VEC) - 1u;
@@ -304,14 +303,30 @@ __device__ __forceinline__ LpEnd lp_chunk_stage(const LpRow& r, const u32* keep,
     for (u32 j = 0; j < MAXV; ++j) {
         const u32 v = tid + j * LP_THREADS;
         if (v >= s.nvec) break;
-        const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
         char* p = s.body + (size_t)v * 16u;
-        if (bits == 0u) {
-            lp_store16(p, E::NEG_INF_WORD);
-        } else if (bits != full || r.values) {
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sbase + 16u * v), "l"(p) : "memory");
+        if (!all) {
+            const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
+            if (bits == 0u) {
+                lp_store16(p, E::NEG_INF_WORD);
+                continue;
+            }
+            if (bits == full && !r.values) continue;
         }
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sbase + 16u * v), "l"(p) : "memory");
     }
+}
+
+// Step 1b: handles the ends, waits for the loads of step 1a, then masks and tempers the groups,
+// folding kept values into the chunk maximum (`m`, `mh`). Without min-p every group is final
+// and stored; with it, groups go back to `stage` until the cut. `all` as in step 1a.
+template <int K, u32 MAXV>
+__device__ __forceinline__ LpEnd lp_chunk_finish(const LpRow& r, const u32* keep, const LpSpan& s,
+                                                 LpVec* stage, u32 c0, float& m, u32& mh,
+                                                 bool all) {
+    typedef Lp<K> E;
+    const u32 VEC = 16 / E::ES;
+    const u32 full = (1u << VEC) - 1u;
+    const u32 tid = threadIdx.x;
     LpEnd end;
     end.off = 0u;
     end.kept = false;
@@ -330,7 +345,11 @@ __device__ __forceinline__ LpEnd lp_chunk_stage(const LpRow& r, const u32* keep,
         const u32 v = tid + j * LP_THREADS;
         if (v >= s.nvec) break;
         const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
-        if (bits == 0u || (bits == full && !r.values)) continue;
+        if (bits == 0u) {
+            if (all) lp_store16(s.body + (size_t)v * 16u, E::NEG_INF_WORD);
+            continue;
+        }
+        if (bits == full && !r.values) continue;
         LpVec q = stage[v];
         if (lp_stage_group<K>(q, bits, r, m, mh)) {
             if (r.has_min_p) stage[v] = q;
@@ -338,6 +357,14 @@ __device__ __forceinline__ LpEnd lp_chunk_stage(const LpRow& r, const u32* keep,
         }
     }
     return end;
+}
+
+// Steps 1a and 1b of a chunk whose kept groups alone are read.
+template <int K, u32 MAXV>
+__device__ __forceinline__ LpEnd lp_chunk_stage(const LpRow& r, const u32* keep, const LpSpan& s,
+                                                LpVec* stage, u32 c0, float& m, u32& mh) {
+    lp_chunk_issue<K, MAXV>(r, keep, s, stage, false);
+    return lp_chunk_finish<K, MAXV>(r, keep, s, stage, c0, m, mh, false);
 }
 
 // Step 3 (rows with min-p): cuts the staged groups at `thr` and stores them. Masked elements

@@ -4,6 +4,22 @@
 // this folder in a fixed order (common, counts, sparse, dense, dense_once, dense_cluster,
 // entries) and compiles them with NVRTC as one unit.
 
+// `flags` of `lp_dense_once` (src/kernels/cuda.rs `ONCE_*`).
+// Rows with a step mask: every 16-byte group is loaded before the keep mask is built.
+#define LP_ONCE_SPEC 1u
+// The same, and where the step mask is the row's only mask, its words are copied into the
+// keep mask by cp.async beside the chunk's loads (one wait, one barrier).
+#define LP_ONCE_SPEC_CP 2u
+// Rows with min-p never wait for the row maximum: a block cuts its chunk at its own maximum's
+// threshold (never above the row's), stores it, lists the chunk's survivors and publishes; the
+// row's last block to publish cuts the listed survivors at the row's threshold (`lp_finalize`).
+#define LP_ONCE_NOWAIT 8u
+// LP_ONCE_NOWAIT for the rows with a mask only.
+#define LP_ONCE_NOWAIT_MASKED 16u
+// Survivors listed per chunk, and per row (more: the row's last block re-reads the row).
+#define LP_SURV_BLOCK 256u
+#define LP_SURV_ROW 2048u
+
 // A row maximum as a u32 with the same order (-0 below +0; NaN never reaches it), for
 // atomicMax. 0 is below every key of a float, so a zeroed slot holds "nothing yet".
 __device__ __forceinline__ u32 lp_key(float x) {
@@ -86,6 +102,24 @@ __device__ __forceinline__ void lp_build_keep_once(u32* keep, const LpRow& r, co
     }
 }
 
+// The keep mask of tokens [c0, c1) of a row whose only mask is its step mask `srow`: its
+// words copied by cp.async (in flight with the chunk's loads), padded with two zero words.
+// Complete once every thread has waited for its copies and passed a barrier (ends with both).
+__device__ __forceinline__ void lp_keep_copy(u32* keep, const u32* srow, u32 c0, u32 c1) {
+    const u32 nwords = (c1 - c0 + 31u) >> 5;
+    const u32 w0 = c0 >> 5;
+    const u32 kbase = (u32)__cvta_generic_to_shared(keep);
+    for (u32 w = threadIdx.x; w < nwords + 2u; w += LP_THREADS) {
+        if (w < nwords) {
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(kbase + 4u * w), "l"(srow + w0 + w) : "memory");
+        } else {
+            keep[w] = 0u;
+        }
+    }
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    __syncthreads();
+}
+
 // A row whose keep set is a list (at most KEEP_LIST_MAX ids), in `lp_dense_once`: the block
 // of its first chunk reads, tempers, cuts and writes all of its kept tokens (the row maximum
 // needs no other block); every block writes -inf over the other tokens of its chunk without
@@ -133,12 +167,118 @@ __device__ __forceinline__ void lp_list_row(u32* keep, float* red, const LpRow& 
     }
 }
 
+// LP_ONCE_NOWAIT: a row maximum published without waiting. The chunk (staged, masked and
+// tempered; `b` its maximum) is cut at thr_c = b + ln(min_p), which is never above the row's
+// threshold (rounding is monotonic and b <= the row maximum), so what it cuts is cut for good;
+// what it keeps and is not -inf or NaN (a "survivor") may still fall below the row's threshold
+// and is listed for the row's last block (`surv`, LP_SURV_ROW ids a row; a chunk with more
+// than LP_SURV_BLOCK, or a row that runs out, marks the row to be re-read whole). Then the
+// chunk is published: a fence, the maximum, the arrival (acquire-release), whose old value
+// tells the row's last block (`*last`). `slot`: the row's [max key, arrivals, survivors,
+// overflow]. Ends with a barrier.
+template <int K>
+__device__ __forceinline__ void lp_nowait_chunk(const LpRow& r, const u32* keep, const LpSpan& s,
+                                                LpVec* stage, const LpEnd& end, u32 c0, float b,
+                                                u32* slot, u32 nchunks, u32* surv, u32* surv_n,
+                                                u32* surv_s, u32* last) {
+    typedef Lp<K> E;
+    const u32 VEC = 16 / E::ES;
+    const u32 full = (1u << VEC) - 1u;
+    const u32 tid = threadIdx.x;
+    const float thr = __fadd_rn(b, r.lnp);
+    for (u32 j = 0; j < LP_VECS; ++j) {
+        const u32 v = tid + j * LP_THREADS;
+        if (v >= s.nvec) break;
+        const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
+        if (bits == 0u) continue;
+        LpVec q = stage[v];
+        lp_vec_cut<K>(q, thr);
+        // Most groups hold -inf only once cut (masked or below the threshold).
+        const bool none = q.w[0] == (u32)E::NEG_INF_WORD && q.w[1] == (u32)E::NEG_INF_WORD &&
+                          q.w[2] == (u32)E::NEG_INF_WORD && q.w[3] == (u32)E::NEG_INF_WORD;
+        if (!none) {
+#pragma unroll
+            for (u32 e = 0; e < VEC; ++e) {
+                if (E::from_raw(lp_vec_get<E::ES>(q, e)) > LP_NEG_INF) { // not -inf, not NaN
+                    const u32 k = atomicAdd(surv_n, 1u);
+                    if (k < LP_SURV_BLOCK) surv_s[k] = c0 + s.head + v * VEC + e;
+                }
+            }
+        }
+        lp_store_vec(s.body + (size_t)v * 16u, q);
+    }
+    if (end.kept) {
+        if (end.y < thr) {
+            E::put(r.p, c0 + end.off, LP_NEG_INF);
+        } else {
+            if (r.temp != 1.0f) E::put(r.p, c0 + end.off, end.y);
+            if (end.y > LP_NEG_INF) {
+                const u32 k = atomicAdd(surv_n, 1u);
+                if (k < LP_SURV_BLOCK) surv_s[k] = c0 + end.off;
+            }
+        }
+    }
+    __syncthreads();
+    const u32 n = *surv_n;
+    if (tid == 0) {
+        u32 base = LP_SURV_ROW;
+        if (n > 0u && n <= LP_SURV_BLOCK) base = atomicAdd(&slot[2], n);
+        if (n > LP_SURV_BLOCK || (n > 0u && base + n > LP_SURV_ROW)) {
+            atomicOr(&slot[3], 1u);
+            base = LP_SURV_ROW;
+        }
+        *surv_n = base; // reused: where this chunk's survivors go (LP_SURV_ROW: nowhere)
+    }
+    __syncthreads();
+    const u32 base = *surv_n;
+    if (base < LP_SURV_ROW) {
+        for (u32 k = tid; k < n; k += LP_THREADS) surv[base + k] = surv_s[k];
+    }
+    __syncthreads();
+    if (tid == 0) {
+        // The block's stores (logits, survivors; ordered before this thread by the barrier)
+        // before the arrival.
+        __threadfence();
+        u32 old;
+        asm volatile("red.relaxed.gpu.global.max.u32 [%0], %1;" ::"l"(slot), "r"(lp_key(b)) : "memory");
+        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(slot + 1) : "memory");
+        *last = old == nchunks - 1u;
+    }
+    __syncthreads();
+}
+
+// LP_ONCE_NOWAIT, by the row's last block to publish (every block of the row has stored its
+// chunk and listed its survivors): the row threshold from the published maximum, then the
+// listed survivors below it become -inf; a row whose list overflowed is re-read whole. Reads
+// bypass L1 (other blocks wrote them). `slot`, `surv`: the row's. Ends with a barrier.
+template <int K>
+__device__ __forceinline__ void lp_finalize(char* p, float lnp, u32 vocab, const u32* slot,
+                                            const u32* surv, u32* words, float* thr_s) {
+    typedef Lp<K> E;
+    const u32 tid = threadIdx.x;
+    if (tid == 0) {
+        *thr_s = __fadd_rn(lp_unkey(lp_load_relaxed(slot)), lnp);
+        words[0] = lp_load_relaxed(slot + 2);
+        words[1] = lp_load_relaxed(slot + 3);
+    }
+    __syncthreads();
+    const float thr = *thr_s;
+    const u32 n = words[1] != 0u ? vocab : words[0];
+    for (u32 k = tid; k < n; k += LP_THREADS) {
+        const u32 t = words[1] != 0u ? k : __ldcg(surv + k);
+        const u32 raw = E::ES == 4u ? __ldcg(reinterpret_cast<const unsigned int*>(p) + t)
+                                    : (u32)__ldcg(reinterpret_cast<const unsigned short*>(p) + t);
+        if (E::from_raw(raw) < thr) E::put(p, t, LP_NEG_INF);
+    }
+    __syncthreads(); // `words`, `thr_s` are reused
+}
+
 // The one-launch form: every kept logit is read once. Persistent blocks take tickets
 // (`sync[0]`); ticket k is chunk k % nchunks of row k / nchunks, so a row's chunks go to
 // consecutive tickets. A block copies its chunk into its own slots of `stage` (shared memory;
 // masked 16-byte groups are written -inf, never read), masks and tempers it there and, for a
-// row with min-p, publishes the chunk's maximum into the row's slot (`sync[2 + 2 * row]`,
-// atomicMax of `lp_key`; arrivals counted in `sync[3 + 2 * row]`) before it waits for the
+// row with min-p, publishes the chunk's maximum into the row's slot (`sync[2 + 4 * row]`,
+// atomicMax of `lp_key`; arrivals counted in `sync[3 + 4 * row]`) before it waits for the
 // row's other chunks; then it cuts and stores. Rows whose keep set is a list never wait (see
 // `lp_list_row`). A waiting block has published, and the row's other chunks are held by blocks
 // that publish before they wait, or are taken next by a block that is not waiting (a block
@@ -152,7 +292,7 @@ __device__ __forceinline__ void lp_dense_once(
     const u32* keep_t, u32 keep_w, const u32* gbits,
     const u32* smask, const u32* sactive,
     const u32* temps, const u32* minps,
-    u32* sync, u32 nchunks)
+    u32* sync, u32 nchunks, u32 flags, u32* surv)
 {
     const u32 AHEAD = LP_THREADS - 32u; // the thread that takes the next ticket
     __shared__ u32 keep[LP_ONCE_KEEP_WORDS];
@@ -161,6 +301,8 @@ __device__ __forceinline__ void lp_dense_once(
     __shared__ u32 ticket_s[2];   // this ticket and the next (by parity)
     __shared__ u32 words_s[2][4]; // their rows' `lp_row_words`
     __shared__ u32 last_s;
+    __shared__ u32 surv_n;                 // LP_ONCE_NOWAIT: the chunk's survivors
+    __shared__ u32 surv_s[LP_SURV_BLOCK];
     __shared__ LpVec stage[LP_THREADS * LP_VECS]; // the chunk; a thread uses its own slots only
 
     const u32 tid = threadIdx.x;
@@ -171,6 +313,9 @@ __device__ __forceinline__ void lp_dense_once(
         if (t < total) lp_row_words(words_s[0], t / nchunks, keep_t, keep_w, smask, sactive, temps, minps);
     }
     __syncthreads();
+    // Launched as the dependent of `lp_sparse` (src/kernels/cuda.rs `ONCE_PDL`), the prologue
+    // above (tickets, row words: nothing `lp_sparse` writes) ran while it finished.
+    lp_grid_wait();
     for (u32 it = 0;; ++it) {
         const u32 cur = it & 1u;
         const u32 ticket = ticket_s[cur];
@@ -182,16 +327,48 @@ __device__ __forceinline__ void lp_dense_once(
         const bool list = r.head_word != 0u && r.head_word != LP_KEEP_BITMASK;
         // The next ticket: now for a row that does not wait, after the wait for one that does.
         u32 next = 0u;
-        if ((!r.has_min_p || list) && tid == AHEAD) next = atomicAdd(&sync[0], 1u);
+        // LP_ONCE_NOWAIT*: this row's blocks publish their maxima without waiting.
+        const bool nowait = r.has_min_p && !list &&
+                            ((flags & LP_ONCE_NOWAIT) || ((flags & LP_ONCE_NOWAIT_MASKED) && r.masked));
+        if ((!r.has_min_p || list || nowait) && tid == AHEAD) {
+            next = atomicAdd(&sync[0], 1u);
+        }
         if (list) {
             lp_list_row<K>(keep, red, r, gbits, c0, c1);
         } else if (r.masked || r.values) {
-            if (r.masked) lp_build_keep_once(keep, r, gbits, c0, c1);
             const LpSpan s = lp_span<K>(r.p, c0, c1 - c0);
+            // A row with a step mask (LP_ONCE_SPEC*) has every group loaded before its keep
+            // mask is known, the mask's words read beside the logits instead of before them (a
+            // grammar's mask keeps some token of nearly every group).
+            const bool all = (flags & (LP_ONCE_SPEC | LP_ONCE_SPEC_CP)) && r.srow;
+            if (all) lp_chunk_issue<K, LP_VECS>(r, keep, s, stage, true);
+            if (all && (flags & LP_ONCE_SPEC_CP) && r.head_word == 0u && !gbits) {
+                lp_keep_copy(keep, r.srow, c0, c1);
+            } else if (r.masked) {
+                lp_build_keep_once(keep, r, gbits, c0, c1);
+            }
+            if (!all) lp_chunk_issue<K, LP_VECS>(r, keep, s, stage, false);
             float m;
             u32 mh;
-            const LpEnd end = lp_chunk_stage<K, LP_VECS>(r, keep, s, stage, c0, m, mh);
+            const LpEnd end = lp_chunk_finish<K, LP_VECS>(r, keep, s, stage, c0, m, mh, all);
             float thr = LP_NEG_INF;
+            if (nowait) { // block-uniform
+                m = lp_max_fold<K>(mh, m);
+                for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+                if ((tid & 31u) == 0u) red[tid >> 5] = m;
+                if (tid == 0) surv_n = 0u;
+                __syncthreads();
+                float b = red[0];
+                for (u32 w = 1; w < LP_THREADS / 32u; ++w) b = fmaxf(b, red[w]);
+                u32* slot = sync + 2u + 4u * row;
+                lp_nowait_chunk<K>(r, keep, s, stage, end, c0, b, slot, nchunks,
+                                   surv + (size_t)row * LP_SURV_ROW, &surv_n, surv_s, &last_s);
+                if (last_s) {
+                    lp_finalize<K>(r.p, r.lnp, vocab, slot, surv + (size_t)row * LP_SURV_ROW,
+                                   keep, &thr_s);
+                }
+                goto ticket_done;
+            }
             if (r.has_min_p) { // block-uniform
                 m = lp_max_fold<K>(mh, m);
                 for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
@@ -200,7 +377,7 @@ __device__ __forceinline__ void lp_dense_once(
                 if (tid == 0) {
                     float b = red[0];
                     for (u32 w = 1; w < LP_THREADS / 32u; ++w) b = fmaxf(b, red[w]);
-                    u32* slot = sync + 2u + 2u * row;
+                    u32* slot = sync + 2u + 4u * row;
                     // Publish (the maximum, then the arrival, released after it) and wait.
                     asm volatile("red.relaxed.gpu.global.max.u32 [%0], %1;" ::"l"(slot), "r"(lp_key(b)) : "memory");
                     asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(slot + 1) : "memory");
@@ -215,6 +392,7 @@ __device__ __forceinline__ void lp_dense_once(
             }
             lp_chunk_end<K>(r, end, c0, thr);
         }
+    ticket_done:
         if (tid == AHEAD) {
             ticket_s[cur ^ 1u] = next;
             if (next < total) lp_row_words(words_s[cur ^ 1u], next / nchunks, keep_t, keep_w, smask, sactive, temps, minps);
@@ -226,7 +404,7 @@ __device__ __forceinline__ void lp_dense_once(
     __syncthreads();
     if (last_s) {
         __threadfence();
-        for (u32 k = tid; k < 2u * batch; k += LP_THREADS) sync[2 + k] = 0u;
+        for (u32 k = tid; k < 4u * batch; k += LP_THREADS) sync[2 + k] = 0u;
         if (tid == 0) {
             sync[0] = 0u;
             sync[1] = 0u;

@@ -21,9 +21,9 @@
     extern "C" __global__ void __launch_bounds__(LP_THREADS, LP_ONCE_BLOCKS) lp_dense_once_##NAME(                    \
         char* logits, u32 batch, u32 vocab, u32 chunk, const u32* keep_t, u32 keep_w,          \
         const u32* gbits, const u32* smask, const u32* sactive, const u32* temps,              \
-        const u32* minps, u32* sync, u32 nchunks) {                                            \
+        const u32* minps, u32* sync, u32 nchunks, u32 flags, u32* surv) {                      \
         lp_dense_once<K>(logits, batch, vocab, chunk, keep_t, keep_w, gbits, smask, sactive,   \
-                         temps, minps, sync, nchunks);                                         \
+                         temps, minps, sync, nchunks, flags, surv);                            \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(LP_THREADS) lp_dense_cluster_##NAME(          \
         char* logits, u32 batch, u32 vocab, u32 slice, const u32* keep_t, u32 keep_w,          \

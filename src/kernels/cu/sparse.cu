@@ -30,6 +30,8 @@ __device__ __forceinline__ void lp_sparse(
     u32* pen, u32 pen_w, u32 pen_hw, const u32* pen_params, const u32* pen_log, u32 pen_slots)
 {
     typedef Lp<K> E;
+    // The dense launch after this one may start its prologue (it waits before the logits).
+    lp_grid_release();
     const u32 row = blockIdx.x;
     const u32 tid = threadIdx.x, nt = blockDim.x;
     char* rowp = logits + (size_t)row * vocab * E::ES;
