@@ -98,3 +98,32 @@ fn bad_masks_are_typed_errors_and_an_update_drops_the_mask() {
     p.apply(&t).unwrap();
     assert_eq!(read(&t), vec![vec![1.; VOCAB], vec![2.; VOCAB]]);
 }
+
+#[test]
+fn each_step_masks_exactly_its_own_rows() {
+    // Row sets that overlap, repeat and shrink from step to step: a row masked last step but not
+    // this one is untouched, whatever the order of the rows given.
+    let steps: [&[usize]; 5] = [&[0, 1], &[1, 2], &[1, 2], &[2, 1, 0], &[]];
+    for dtype in DTYPES {
+        let c = config(4, VOCAB);
+        let mut p = TokenBitmask::new(&c).unwrap();
+        admit(&mut p, &[None, None, None]).unwrap();
+        let w = words(3);
+        let row: Vec<f32> = (0..VOCAB).map(|t| t as f32 - 20.0).collect();
+        let plain = read(&logits(&[&row], dtype))[0].clone();
+        for (step, rows) in steps.iter().enumerate() {
+            p.set_host(&w, rows).unwrap();
+            let t = logits(&[&row, &row, &row], dtype);
+            p.apply(&t).unwrap();
+            let got = read(&t);
+            for (r, got_row) in got.iter().enumerate() {
+                let want = if rows.contains(&r) {
+                    masked(&plain, &w[3 * r..3 * r + 3])
+                } else {
+                    plain.clone()
+                };
+                assert_eq!(got_row, &want, "{dtype:?} step {step} row {r}");
+            }
+        }
+    }
+}
