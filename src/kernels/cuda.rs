@@ -96,7 +96,7 @@ const ONCE_NOWAIT_MASKED: u32 = 16;
 /// The kernel's `LP_SURV_ROW`: survivors listed per row per launch.
 const SURV_ROW: usize = 2048;
 /// The options used unless `ONCE_ENV` says otherwise: each measured faster on the H100 at batch
-/// 256 (docs/benchmarks.md, run 13), `ONCE_NOWAIT` for masked rows only (rows without a mask
+/// 256 (docs/benchmarks.md, run 14), `ONCE_NOWAIT` for masked rows only (rows without a mask
 /// measured slower with it in f16 and bf16).
 const ONCE_DEFAULT: u32 = ONCE_SPEC_CP | ONCE_PDL | ONCE_NOWAIT_MASKED;
 
