@@ -59,16 +59,26 @@ __device__ __forceinline__ u16 lp_f32_to_f16(float f) {
     return h;
 }
 
-// Bit-exact with half::bf16::from_f32 (round to nearest even, NaN kept quiet).
+// Bit-exact with half::bf16::from_f32 (round to nearest even, NaN kept quiet with its sign and
+// high payload bits). On sm_80 and later the conversion instruction rounds (it also rounds to
+// nearest even, subnormals included); only a NaN's bits are made by hand, as the instruction
+// returns the canonical NaN.
 __device__ __forceinline__ u16 lp_f32_to_bf16(float f) {
-    u32 x = __float_as_uint(f);
+    const u32 x = __float_as_uint(f);
+    const u16 nan = (u16)((x >> 16) | 0x40u);
+#if __CUDA_ARCH__ >= 800
+    u16 h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return (x & 0x7fffffffu) > 0x7f800000u ? nan : h;
+#else
     if ((x & 0x7fffffffu) > 0x7f800000u) {
-        return (u16)((x >> 16) | 0x40u);
+        return nan;
     }
     if ((x & 0x8000u) != 0u && (x & 0x17fffu) != 0u) {
         return (u16)((x >> 16) + 1u);
     }
     return (u16)(x >> 16);
+#endif
 }
 
 // K: 0 = f32, 1 = f16, 2 = bf16.
