@@ -21,9 +21,6 @@
 // 16 bits), padded by two.
 #define LP_ONCE_KEEP_WORDS (LP_THREADS * LP_VECS * 8u / 32u + 2u)
 
-// 16-byte groups a thread of `lp_dense` pass 1 loads at once.
-#define LP_DENSE_GROUPS 4u
-
 // Bits [off, off + n) of the shared keep mask (n <= 8, the mask padded by one word).
 __device__ __forceinline__ u32 lp_keep_bits(const u32* keep, u32 off, u32 n) {
     u32 w = off >> 5;
@@ -198,40 +195,26 @@ __device__ __forceinline__ void lp_dense(
         const float thr = r.has_min_p ? thr_s : LP_NEG_INF;
         const u32 neg_raw = E::to_raw(LP_NEG_INF);
 
-        // LP_DENSE_GROUPS groups a thread at a time: their loads in flight together, then each
-        // is masked, tempered, cut and stored.
-        for (u32 v0 = tid; v0 < s.nvec; v0 += LP_DENSE_GROUPS * nt) {
-            LpVec q[LP_DENSE_GROUPS];
-            u32 bits[LP_DENSE_GROUPS];
+        for (u32 v = tid; v < s.nvec; v += nt) {
+            const u32 off = s.head + v * VEC;
+            const u32 bits = lp_keep_bits(keep, off, VEC);
+            char* p = s.body + (size_t)v * 16u;
+            if (bits == 0u) {
+                lp_store16(p, E::NEG_INF_WORD);
+            } else if (bits != full || values) {
+                LpVec q = lp_load_vec(p);
 #pragma unroll
-            for (u32 j = 0; j < LP_DENSE_GROUPS; ++j) {
-                const u32 v = v0 + j * nt;
-                bits[j] = v < s.nvec ? lp_keep_bits(keep, s.head + v * VEC, VEC) : 0u;
-                if (v < s.nvec && bits[j] != 0u && (bits[j] != full || values)) {
-                    q[j] = lp_load_vec(s.body + (size_t)v * 16u);
-                }
-            }
-#pragma unroll
-            for (u32 j = 0; j < LP_DENSE_GROUPS; ++j) {
-                const u32 v = v0 + j * nt;
-                if (v >= s.nvec) break;
-                char* p = s.body + (size_t)v * 16u;
-                if (bits[j] == 0u) {
-                    lp_store16(p, E::NEG_INF_WORD);
-                } else if (bits[j] != full || values) {
-#pragma unroll
-                    for (u32 e = 0; e < VEC; ++e) {
-                        if (!((bits[j] >> e) & 1u)) {
-                            lp_vec_set<E::ES>(q[j], e, neg_raw);
-                        } else if (values) {
-                            const float x = E::from_raw(lp_vec_get<E::ES>(q[j], e));
-                            const float y = temp != 1.0f ? E::round(__fdiv_rn(x, temp)) : x;
-                            if (y < thr) lp_vec_set<E::ES>(q[j], e, neg_raw);
-                            else if (temp != 1.0f) lp_vec_set<E::ES>(q[j], e, E::to_raw(y));
-                        }
+                for (u32 e = 0; e < VEC; ++e) {
+                    if (!((bits >> e) & 1u)) {
+                        lp_vec_set<E::ES>(q, e, neg_raw);
+                    } else if (values) {
+                        const float x = E::from_raw(lp_vec_get<E::ES>(q, e));
+                        const float y = temp != 1.0f ? E::round(__fdiv_rn(x, temp)) : x;
+                        if (y < thr) lp_vec_set<E::ES>(q, e, neg_raw);
+                        else if (temp != 1.0f) lp_vec_set<E::ES>(q, e, E::to_raw(y));
                     }
-                    lp_store_vec(p, q[j]);
                 }
+                lp_store_vec(p, q);
             }
         }
         for (u32 i = tid; i < s.head + s.tail; i += nt) {
