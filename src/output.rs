@@ -18,15 +18,22 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::spin_lock::{SpinGuard, SpinLock};
 
-use smallvec::SmallVec;
-
 /// The list and a version number bumped (under the lock) by every change, so that a cursor
 /// with nothing new to read checks one atomic word instead of taking the lock.
+///
+/// One cache line: the lock, the version, the tokens and the board slot that mirrors the
+/// version, which is all that a step's push and sync touch; the cursors' rollback marks and
+/// further watchers live behind a pointer ([`Cold`]), read only after a rollback or when
+/// cursors come and go.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 struct Inner {
     version: AtomicU64,
     shared: SpinLock<Shared>,
 }
+
+// The hot state fits one cache line (checked at compile time).
+const _: () = assert!(std::mem::size_of::<Inner>() == 64);
 
 impl Inner {
     /// Records a change; call with the lock held (writers are serialised by it): the new
@@ -34,8 +41,15 @@ impl Inner {
     fn bump(&self, s: &Shared) {
         let v = self.version.load(Ordering::Relaxed).wrapping_add(1);
         self.version.store(v, Ordering::Release);
-        for (board, slot) in &s.watchers {
-            board.versions[*slot as usize].store(v, Ordering::Release);
+        if let Some(board) = &s.board {
+            board.versions[s.board_slot as usize].store(v, Ordering::Release);
+        }
+        if s.more_watchers {
+            if let Some(cold) = &s.cold {
+                for (board, slot) in &cold.watchers {
+                    board.versions[*slot as usize].store(v, Ordering::Release);
+                }
+            }
         }
     }
 }
@@ -67,12 +81,46 @@ impl VersionBoard {
 #[derive(Debug, Default)]
 struct Shared {
     tokens: Vec<u32>,
+    /// The first board that mirrors this list's version, and its slot there.
+    board: Option<Arc<VersionBoard>>,
+    board_slot: u32,
+    /// Whether `cold` holds further watchers.
+    more_watchers: bool,
+    /// Whether some cursor has a rollback mark (a truncation it has not synced yet).
+    marked: bool,
+    /// Created by the first cursor.
+    cold: Option<Box<Cold>>,
+}
+
+/// The parts of a list that a step without rollback never reads.
+#[derive(Debug, Default)]
+struct Cold {
     /// Per cursor: the lowest length the list was truncated to since the cursor's last sync
-    /// (`usize::MAX` when not truncated), or `None` for a free slot. Inline for the usual one
-    /// or two cursors (no separate cache line to load).
-    cursors: SmallVec<[Option<usize>; 2]>,
-    /// The board slots that mirror this list's version.
-    watchers: SmallVec<[(Arc<VersionBoard>, u32); 1]>,
+    /// (`usize::MAX` when not truncated), or `None` for a free slot.
+    cursors: Vec<Option<usize>>,
+    /// The board slots, beyond the first, that mirror this list's version.
+    watchers: Vec<(Arc<VersionBoard>, u32)>,
+}
+
+impl Shared {
+    fn cold(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_with(Box::default)
+    }
+
+    /// Cursor `slot`'s rollback mark, cleared (`usize::MAX` when there is none).
+    fn take_mark(&mut self, slot: usize) -> usize {
+        if !self.marked {
+            return usize::MAX;
+        }
+        let cold = self.cold();
+        let low = cold
+            .cursors
+            .get_mut(slot)
+            .and_then(|c| c.as_mut())
+            .map_or(usize::MAX, |c| std::mem::replace(c, usize::MAX));
+        self.marked = cold.cursors.iter().flatten().any(|&l| l != usize::MAX);
+        low
+    }
 }
 
 /// A request's generated tokens: a cheap-to-clone handle (one reference count) that the engine
@@ -139,8 +187,12 @@ impl OutputTokens {
             return;
         }
         s.tokens.truncate(len);
-        for low in s.cursors.iter_mut().flatten() {
-            *low = (*low).min(len);
+        let sh = &mut *s;
+        if let Some(cold) = &mut sh.cold {
+            for low in cold.cursors.iter_mut().flatten() {
+                *low = (*low).min(len);
+                sh.marked = true;
+            }
         }
         self.0.bump(&s);
     }
@@ -181,14 +233,15 @@ impl OutputTokens {
     /// token present as appended.
     pub fn cursor(&self) -> OutputCursor {
         let mut s = self.lock();
-        let slot = match s.cursors.iter().position(Option::is_none) {
+        let cursors = &mut s.cold().cursors;
+        let slot = match cursors.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
-                s.cursors.push(None);
-                s.cursors.len() - 1
+                cursors.push(None);
+                cursors.len() - 1
             }
         };
-        s.cursors[slot] = Some(usize::MAX);
+        cursors[slot] = Some(usize::MAX);
         OutputCursor {
             shared: self.0.clone(),
             seen: None,
@@ -210,7 +263,13 @@ impl OutputTokens {
         let mut s = self.lock();
         board.versions[slot as usize]
             .store(self.0.version.load(Ordering::Relaxed), Ordering::Release);
-        s.watchers.push((board.clone(), slot));
+        if s.board.is_none() {
+            s.board = Some(board.clone());
+            s.board_slot = slot;
+        } else {
+            s.cold().watchers.push((board.clone(), slot));
+            s.more_watchers = true;
+        }
         drop(s);
         c.watch = Some((board.clone(), slot));
         c
@@ -228,8 +287,7 @@ impl From<Vec<u32>> for OutputTokens {
             version: AtomicU64::new(0),
             shared: SpinLock::new(Shared {
                 tokens,
-                cursors: SmallVec::new(),
-                watchers: SmallVec::new(),
+                ..Shared::default()
             }),
         }))
     }
@@ -305,9 +363,7 @@ impl OutputCursor {
         let start = out.len();
         let shared = &self.shared;
         let mut s = lock(&shared.shared);
-        let low = s.cursors[self.slot]
-            .replace(usize::MAX)
-            .unwrap_or(usize::MAX);
+        let low = s.take_mark(self.slot);
         let kept = self.tokens.len().min(low).min(s.tokens.len());
         while self.tokens.len() > kept {
             let t = self.tokens.pop().expect("len > kept");
@@ -328,13 +384,56 @@ impl OutputCursor {
         out.len() - start
     }
 
+    /// The step's usual case, for the pipeline: pushes `token` onto the list and onto the
+    /// cursor's copy when the list has not changed since the cursor's last sync (one lock, no
+    /// other bookkeeping), and returns true; returns false and changes nothing otherwise (the
+    /// caller then takes [`sync_into`](Self::sync_into)).
+    #[inline]
+    pub(crate) fn push_synced(&mut self, token: u32) -> bool {
+        let shared = &*self.shared;
+        let mut s = lock(&shared.shared);
+        // Unchanged since the last sync: no rollback either (a truncation bumps the version),
+        // so this cursor has no rollback mark.
+        if self.seen != Some(shared.version.load(Ordering::Relaxed)) {
+            return false;
+        }
+        s.tokens.push(token);
+        shared.bump(&s);
+        self.seen = Some(shared.version.load(Ordering::Relaxed));
+        self.tail_hint = s.tokens.as_ptr_range().end as usize;
+        drop(s);
+        self.tokens.push(token);
+        true
+    }
+
+    /// The step's usual case, for the pipeline: when exactly one token was appended to the
+    /// list since the cursor's last sync (one push, no rollback), copies it and returns it;
+    /// returns `None` and changes nothing otherwise (the caller then takes
+    /// [`sync_into`](Self::sync_into)).
+    #[inline]
+    pub(crate) fn sync_one(&mut self) -> Option<u32> {
+        let shared = &*self.shared;
+        let s = lock(&shared.shared);
+        let v = shared.version.load(Ordering::Relaxed);
+        let one = self.seen.map(|seen| seen.wrapping_add(1)) == Some(v);
+        if !one || s.tokens.len() != self.tokens.len() + 1 {
+            return None;
+        }
+        // One change since the sync, a push (a truncation shortens the list): no rollback
+        // mark for this cursor.
+        let t = s.tokens[self.tokens.len()];
+        self.seen = Some(v);
+        self.tail_hint = s.tokens.as_ptr_range().end as usize;
+        drop(s);
+        self.tokens.push(t);
+        Some(t)
+    }
+
     fn sync_and_push(&mut self, mut on_change: impl FnMut(OutputChange)) -> usize {
         self.scratch.clear();
         let kept = {
             let mut s = lock(&self.shared.shared);
-            let low = s.cursors[self.slot]
-                .replace(usize::MAX)
-                .unwrap_or(usize::MAX);
+            let low = s.take_mark(self.slot);
             let kept = self.tokens.len().min(low).min(s.tokens.len());
             self.scratch.extend_from_slice(&s.tokens[kept..]);
             // Stable while the lock is held: writers bump it under the lock.
@@ -400,12 +499,20 @@ impl OutputCursor {
 impl Drop for OutputCursor {
     fn drop(&mut self) {
         let mut s = lock(&self.shared.shared);
-        if let Some(c) = s.cursors.get_mut(self.slot) {
+        if let Some(c) = s.cold().cursors.get_mut(self.slot) {
             *c = None;
         }
         if let Some((board, slot)) = self.watch.take() {
-            s.watchers
-                .retain(|(b, i)| !(Arc::ptr_eq(b, &board) && *i == slot));
+            let mine = |b: &Arc<VersionBoard>, i: u32| Arc::ptr_eq(b, &board) && i == slot;
+            if s.board.as_ref().is_some_and(|b| mine(b, s.board_slot)) {
+                // The first watcher leaves: the next one (if any) takes its place.
+                let next = s.cold().watchers.pop();
+                s.board = next.as_ref().map(|(b, _)| b.clone());
+                s.board_slot = next.map_or(0, |(_, i)| i);
+            } else {
+                s.cold().watchers.retain(|(b, i)| !mine(b, *i));
+            }
+            s.more_watchers = !s.cold().watchers.is_empty();
             drop(s);
             board.free().push(slot);
         }
@@ -424,13 +531,15 @@ pub(crate) struct StepOutputs {
     at: Vec<u32>,
 }
 
+/// Positions and lengths as `u32` (16 bytes an entry): a batch's rows and a step's changes
+/// stay far below 2³², and an output list longer than that is not a generation.
 #[derive(Debug, Clone, Copy)]
 struct RowEntry {
-    row: usize,
-    start: usize,
-    end: usize,
-    /// The row's output length after the changes (0 for a row without a cursor).
-    len: usize,
+    row: u32,
+    start: u32,
+    end: u32,
+    /// The row's output length after the changes (0 for a row without a cursor; saturated).
+    len: u32,
 }
 
 const NONE: u32 = u32::MAX;
@@ -439,13 +548,18 @@ impl StepOutputs {
     /// Starts a new step for a batch of at most `capacity` rows. O(entries of the last step).
     pub(crate) fn clear(&mut self, capacity: usize) {
         for e in &self.rows {
-            self.at[e.row] = NONE;
+            self.at[e.row as usize] = NONE;
         }
         if self.at.len() < capacity {
             self.at.resize(capacity, NONE);
         }
         self.changes.clear();
         self.rows.clear();
+    }
+
+    /// The number of changes recorded this step, over all rows.
+    pub(crate) fn change_count(&self) -> usize {
+        self.changes.len()
     }
 
     /// Whether `row` has an entry this step.
@@ -478,20 +592,36 @@ impl StepOutputs {
         if end > start || always {
             self.at[row] = self.rows.len() as u32;
             self.rows.push(RowEntry {
-                row,
-                start,
-                end,
-                len,
+                row: row as u32,
+                start: start as u32,
+                end: end as u32,
+                len: len.min(u32::MAX as usize) as u32,
             });
         }
+    }
+
+    /// Records that `row`, which has no entry yet, had exactly `token` appended this step and
+    /// that its output is now `len` tokens long.
+    #[inline]
+    pub(crate) fn push_appended(&mut self, row: usize, token: u32, len: usize) {
+        let start = self.changes.len() as u32;
+        self.changes.push(OutputChange::Appended(token));
+        self.at[row] = self.rows.len() as u32;
+        self.rows.push(RowEntry {
+            row: row as u32,
+            start,
+            end: start + 1,
+            len: len.min(u32::MAX as usize) as u32,
+        });
     }
 
     /// The rows with an entry, in the order pushed, each with its output length after the
     /// changes and the changes (one pass over the entries, no lookup per row).
     pub(crate) fn entries(&self) -> impl Iterator<Item = (usize, usize, &[OutputChange])> + '_ {
-        self.rows
-            .iter()
-            .map(|e| (e.row, e.len, &self.changes[e.start..e.end]))
+        self.rows.iter().map(|e| {
+            let changes = &self.changes[e.start as usize..e.end as usize];
+            (e.row as usize, e.len as usize, changes)
+        })
     }
 
     fn entry(&self, row: usize) -> Option<&RowEntry> {
@@ -504,13 +634,13 @@ impl StepOutputs {
     /// Row `row`'s changes this step (rollbacks first, last-first; then appends in order).
     pub(crate) fn row(&self, row: usize) -> &[OutputChange] {
         self.entry(row)
-            .map_or(&[][..], |e| &self.changes[e.start..e.end])
+            .map_or(&[][..], |e| &self.changes[e.start as usize..e.end as usize])
     }
 
     /// Row `row`'s output length after this step's changes; `None` for a row without an entry
     /// (its output did not change).
     pub(crate) fn len(&self, row: usize) -> Option<usize> {
-        self.entry(row).map(|e| e.len)
+        self.entry(row).map(|e| e.len as usize)
     }
 }
 

@@ -326,10 +326,22 @@ impl Pipeline {
                     }
                 }
                 std::hint::black_box(acc);
+                let touched = !self.ledger.touched().is_empty();
                 for (row, &t) in tokens.iter().enumerate().take(batch) {
-                    if !self.outputs.has(row) {
-                        let cursor = self.ledger.get_mut(row).and_then(|r| r.cursor.as_mut());
-                        self.outputs.push_row(row, cursor, Some(t), false);
+                    if touched && self.outputs.has(row) {
+                        continue;
+                    }
+                    let cursor = self.ledger.get_mut(row).and_then(|r| r.cursor.as_mut());
+                    match cursor {
+                        // The usual step: the list did not change since the last sync.
+                        Some(c) => {
+                            if c.push_synced(t) {
+                                self.outputs.push_appended(row, t, c.len());
+                            } else {
+                                self.outputs.push_row(row, Some(c), Some(t), false);
+                            }
+                        }
+                        None => self.outputs.push_row(row, None, Some(t), false),
                     }
                 }
             } else {
@@ -353,7 +365,14 @@ impl Pipeline {
                 std::hint::black_box(acc);
                 for &row in &self.changed {
                     let cursor = self.ledger.get_mut(row).and_then(|r| r.cursor.as_mut());
-                    self.outputs.push_row(row, cursor, None, false);
+                    match cursor {
+                        // The usual step: one token pushed since the last sync.
+                        Some(c) => match c.sync_one() {
+                            Some(t) => self.outputs.push_appended(row, t, c.len()),
+                            None => self.outputs.push_row(row, Some(c), None, false),
+                        },
+                        None => self.outputs.push_row(row, None, None, false),
+                    }
                 }
             }
         } else if sampled.is_some() {

@@ -398,14 +398,34 @@ impl Penalties {
                         step(row, self.ledger.get_mut(row), true);
                     }
                 }
+                // The step's other rows: one flat pass that logs their changes (the usual
+                // step: one append per row).
+                let touched = !self.ledger.touched().is_empty();
+                let (slot_of, marks) = (&self.slot_of, &self.marks);
+                let mut w = self.counts.writer(o.change_count());
+                let mut top = 0u32;
                 for (row, _, changes) in o.entries() {
-                    let s = self.slot_of[row];
-                    if self.marks[row] || s == NO_SLOT {
+                    let s = slot_of[row];
+                    if s == NO_SLOT || (touched && marks[row]) {
                         continue;
                     }
+                    let s = s as usize;
                     for &c in changes {
-                        log(s as usize, c, &mut grow);
+                        match c {
+                            OutputChange::Appended(t) if (t as usize) < vocab => {
+                                w.log(s, ADD, t);
+                                let b = self.bound[s] + 1;
+                                self.bound[s] = b;
+                                top = top.max(b);
+                            }
+                            OutputChange::Removed(t) if (t as usize) < vocab => w.log(s, SUB, t),
+                            _ => {}
+                        }
                     }
+                }
+                drop(w);
+                if top as usize > half {
+                    grow = grow.max(top as usize);
                 }
             }
             None => {
