@@ -458,14 +458,15 @@ impl OutputCursor {
         self.seen != Some(self.shared.version.load(Ordering::Acquire))
     }
 
-    /// Loads the words a sync will read first (the list's lock and version; prefetches the
-    /// list's and the cursor's copy's next free slots),
-    /// so that a caller about to sync many cursors can warm the cache in one tight loop whose
-    /// loads overlap. Reads only.
-    pub(crate) fn warm(&self) -> u64 {
+    /// Asks the CPU for the lines a sync will touch (the list's line: lock, version, tokens;
+    /// the list's and the cursor's copy's next free slots) without waiting for them: a caller
+    /// that syncs many cursors calls it a few rows ahead, so that the misses of rows scattered
+    /// over the heap overlap. Hints only; reads nothing.
+    #[inline]
+    pub(crate) fn prefetch(&self) {
+        prefetch(Arc::as_ptr(&self.shared) as usize);
         prefetch(self.tail_hint);
         prefetch(self.tokens.as_ptr_range().end as usize);
-        self.shared.version.load(Ordering::Relaxed)
     }
 
     /// Whether the list certainly did not change since the last sync, read from the cursor's

@@ -111,6 +111,8 @@ pub(crate) fn entries(row: &[u32], w: usize) -> impl Iterator<Item = (u32, u32, 
 /// Logs entries into a [`CountTable`]'s log ([`CountTable::writer`]); the entry count is
 /// updated when it drops.
 pub(crate) struct LogWriter<'a> {
+    /// The table's log, held here while writing (its length stays in a register).
+    log: Vec<u32>,
     table: &'a mut CountTable,
     n: u32,
 }
@@ -119,8 +121,7 @@ impl LogWriter<'_> {
     /// Logs an entry of `kind` for `token` in `slot`, as [`CountTable::log`].
     #[inline]
     pub(crate) fn log(&mut self, slot: usize, kind: u32, token: u32) {
-        self.table
-            .log
+        self.log
             .extend_from_slice(&[slot as u32 | kind << 30, token]);
         self.n += 1;
     }
@@ -128,8 +129,9 @@ impl LogWriter<'_> {
 
 impl Drop for LogWriter<'_> {
     fn drop(&mut self) {
+        let slots = self.table.slots;
+        self.table.log = std::mem::take(&mut self.log);
         if self.n > 0 {
-            let slots = self.table.slots;
             self.table.log[slots] += self.n;
             self.table.dirty = true;
         }
@@ -247,8 +249,13 @@ impl CountTable {
     /// `additional` of them first and the entry count stored once when it drops (a step's
     /// appends: one pass, no per-entry update of the shared count).
     pub(crate) fn writer(&mut self, additional: usize) -> LogWriter<'_> {
-        self.log.reserve(2 * additional);
-        LogWriter { n: 0, table: self }
+        let mut log = std::mem::take(&mut self.log);
+        log.reserve(2 * additional);
+        LogWriter {
+            log,
+            n: 0,
+            table: self,
+        }
     }
 
     /// Entries logged and not yet processed.

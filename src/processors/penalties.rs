@@ -401,7 +401,8 @@ impl Penalties {
                 // The step's other rows: one flat pass that logs their changes (the usual
                 // step: one append per row).
                 let touched = !self.ledger.touched().is_empty();
-                let (slot_of, marks) = (&self.slot_of, &self.marks);
+                let (slot_of, marks) = (&self.slot_of[..], &self.marks[..]);
+                let bound = &mut self.bound[..];
                 let mut w = self.counts.writer(o.change_count());
                 let mut top = 0u32;
                 for (row, _, changes) in o.entries() {
@@ -414,8 +415,8 @@ impl Penalties {
                         match c {
                             OutputChange::Appended(t) if (t as usize) < vocab => {
                                 w.log(s, ADD, t);
-                                let b = self.bound[s] + 1;
-                                self.bound[s] = b;
+                                let b = bound[s] + 1;
+                                bound[s] = b;
                                 top = top.max(b);
                             }
                             OutputChange::Removed(t) if (t as usize) < vocab => w.log(s, SUB, t),
