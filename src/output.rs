@@ -710,4 +710,53 @@ mod board_tests {
         other.push(1);
         assert!(!e.unchanged());
     }
+
+    #[test]
+    fn a_list_watched_by_two_boards_keeps_the_second_when_the_first_leaves() {
+        let (b1, b2) = (VersionBoard::new(2), VersionBoard::new(2));
+        let out = OutputTokens::from(vec![1]);
+        let mut c1 = out.watched_cursor(&b1);
+        let mut c2 = out.watched_cursor(&b2);
+        c1.sync(|_| {});
+        c2.sync(|_| {});
+        out.push(2);
+        assert!(!c1.unchanged() && !c2.unchanged());
+        drop(c1);
+        c2.sync(|_| {});
+        assert!(c2.unchanged());
+        out.push(3);
+        assert!(!c2.unchanged(), "the second board stopped following");
+        let mut changes = Vec::new();
+        c2.sync(|c| changes.push(c));
+        assert_eq!(changes, [OutputChange::Appended(3)]);
+    }
+
+    #[test]
+    fn the_fast_paths_step_aside_for_any_other_change() {
+        let out = OutputTokens::from(vec![1, 2]);
+        let mut c = out.cursor();
+        let mut other = out.cursor();
+        assert!(!c.push_synced(9), "never synced");
+        assert_eq!(c.sync_one(), None, "never synced");
+        c.sync(|_| {});
+        assert!(c.push_synced(3));
+        assert_eq!((c.tokens(), out.to_vec()), (&[1, 2, 3][..], vec![1, 2, 3]));
+        out.push(4);
+        assert!(!c.push_synced(5), "the list changed since the sync");
+        assert_eq!(c.sync_one(), Some(4));
+        out.extend(&[5, 6]);
+        assert_eq!(c.sync_one(), None, "two tokens");
+        c.sync(|_| {});
+        out.truncate(3);
+        out.push(7);
+        assert_eq!(c.sync_one(), None, "a rollback, then a push");
+        let mut changes = Vec::new();
+        c.sync(|x| changes.push(x));
+        use OutputChange::*;
+        assert_eq!(changes, [Removed(6), Removed(5), Removed(4), Appended(7)]);
+        // The other cursor never synced: it sees the list as it is now.
+        let mut all = Vec::new();
+        other.sync(|x| all.push(x));
+        assert_eq!(all, [Appended(1), Appended(2), Appended(3), Appended(7)]);
+    }
 }
