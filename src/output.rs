@@ -530,6 +530,8 @@ pub(crate) struct StepOutputs {
     rows: Vec<RowEntry>,
     /// Per row: its index in `rows`, or `NONE`.
     at: Vec<u32>,
+    /// Whether some row's changes include a rollback.
+    rolled_back: bool,
 }
 
 /// Positions and lengths as `u32` (16 bytes an entry): a batch's rows and a step's changes
@@ -556,6 +558,12 @@ impl StepOutputs {
         }
         self.changes.clear();
         self.rows.clear();
+        self.rolled_back = false;
+    }
+
+    /// Whether some row's output was rolled back this step (if not, every output only grew).
+    pub(crate) fn rolled_back(&self) -> bool {
+        self.rolled_back
     }
 
     /// The number of changes recorded this step, over all rows.
@@ -584,6 +592,8 @@ impl StepOutputs {
             Some(c) => {
                 if token.is_some() || c.stale() {
                     c.sync_into(token, &mut self.changes);
+                    let new = &self.changes[start..];
+                    self.rolled_back |= new.iter().any(|c| matches!(c, OutputChange::Removed(_)));
                 }
                 c.len()
             }
