@@ -18,22 +18,30 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::spin_lock::{SpinGuard, SpinLock};
 
+use smallvec::SmallVec;
+
 /// The list and a version number bumped (under the lock) by every change, so that a cursor
 /// with nothing new to read checks one atomic word instead of taking the lock.
 ///
-/// One cache line: the lock, the version, the tokens and the board slot that mirrors the
-/// version, which is all that a step's push and sync touch; the cursors' rollback marks and
-/// further watchers live behind a pointer ([`Cold`]), read only after a rollback or when
-/// cursors come and go.
+/// Laid out so that the lock, the version, the tokens and the board slot that mirrors the
+/// version — all that a step's push and sync touch — share the first cache line; the cursors'
+/// rollback marks and further watchers ([`Cold`]) follow in the same allocation, read only
+/// after a rollback or when cursors come and go.
 #[derive(Debug, Default)]
-#[repr(align(64))]
+#[repr(C, align(64))]
 struct Inner {
     version: AtomicU64,
     shared: SpinLock<Shared>,
 }
 
-// The hot state fits one cache line (checked at compile time).
-const _: () = assert!(std::mem::size_of::<Inner>() == 64);
+// The hot state fits the first cache line (checked at compile time): `Shared`'s fields before
+// `cold`, after the version and the lock flag.
+const _: () = assert!(
+    std::mem::offset_of!(Inner, shared)
+        + SpinLock::<Shared>::VALUE_OFFSET
+        + std::mem::offset_of!(Shared, cold)
+        <= 64
+);
 
 impl Inner {
     /// Records a change; call with the lock held (writers are serialised by it): the new
@@ -45,10 +53,8 @@ impl Inner {
             board.versions[s.board_slot as usize].store(v, Ordering::Release);
         }
         if s.more_watchers {
-            if let Some(cold) = &s.cold {
-                for (board, slot) in &cold.watchers {
-                    board.versions[*slot as usize].store(v, Ordering::Release);
-                }
+            for (board, slot) in &s.cold.watchers {
+                board.versions[*slot as usize].store(v, Ordering::Release);
             }
         }
     }
@@ -79,6 +85,7 @@ impl VersionBoard {
 }
 
 #[derive(Debug, Default)]
+#[repr(C)]
 struct Shared {
     tokens: Vec<u32>,
     /// The first board that mirrors this list's version, and its slot there.
@@ -88,31 +95,28 @@ struct Shared {
     more_watchers: bool,
     /// Whether some cursor has a rollback mark (a truncation it has not synced yet).
     marked: bool,
-    /// Created by the first cursor.
-    cold: Option<Box<Cold>>,
+    /// Last: outside the first cache line.
+    cold: Cold,
 }
 
 /// The parts of a list that a step without rollback never reads.
 #[derive(Debug, Default)]
 struct Cold {
     /// Per cursor: the lowest length the list was truncated to since the cursor's last sync
-    /// (`usize::MAX` when not truncated), or `None` for a free slot.
-    cursors: Vec<Option<usize>>,
+    /// (`usize::MAX` when not truncated), or `None` for a free slot. Inline for the usual one
+    /// or two cursors (no allocation of its own).
+    cursors: SmallVec<[Option<usize>; 2]>,
     /// The board slots, beyond the first, that mirror this list's version.
     watchers: Vec<(Arc<VersionBoard>, u32)>,
 }
 
 impl Shared {
-    fn cold(&mut self) -> &mut Cold {
-        self.cold.get_or_insert_with(Box::default)
-    }
-
     /// Cursor `slot`'s rollback mark, cleared (`usize::MAX` when there is none).
     fn take_mark(&mut self, slot: usize) -> usize {
         if !self.marked {
             return usize::MAX;
         }
-        let cold = self.cold();
+        let cold = &mut self.cold;
         let low = cold
             .cursors
             .get_mut(slot)
@@ -188,11 +192,9 @@ impl OutputTokens {
         }
         s.tokens.truncate(len);
         let sh = &mut *s;
-        if let Some(cold) = &mut sh.cold {
-            for low in cold.cursors.iter_mut().flatten() {
-                *low = (*low).min(len);
-                sh.marked = true;
-            }
+        for low in sh.cold.cursors.iter_mut().flatten() {
+            *low = (*low).min(len);
+            sh.marked = true;
         }
         self.0.bump(&s);
     }
@@ -233,7 +235,7 @@ impl OutputTokens {
     /// token present as appended.
     pub fn cursor(&self) -> OutputCursor {
         let mut s = self.lock();
-        let cursors = &mut s.cold().cursors;
+        let cursors = &mut s.cold.cursors;
         let slot = match cursors.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -267,7 +269,7 @@ impl OutputTokens {
             s.board = Some(board.clone());
             s.board_slot = slot;
         } else {
-            s.cold().watchers.push((board.clone(), slot));
+            s.cold.watchers.push((board.clone(), slot));
             s.more_watchers = true;
         }
         drop(s);
@@ -500,20 +502,20 @@ impl OutputCursor {
 impl Drop for OutputCursor {
     fn drop(&mut self) {
         let mut s = lock(&self.shared.shared);
-        if let Some(c) = s.cold().cursors.get_mut(self.slot) {
+        if let Some(c) = s.cold.cursors.get_mut(self.slot) {
             *c = None;
         }
         if let Some((board, slot)) = self.watch.take() {
             let mine = |b: &Arc<VersionBoard>, i: u32| Arc::ptr_eq(b, &board) && i == slot;
             if s.board.as_ref().is_some_and(|b| mine(b, s.board_slot)) {
                 // The first watcher leaves: the next one (if any) takes its place.
-                let next = s.cold().watchers.pop();
+                let next = s.cold.watchers.pop();
                 s.board = next.as_ref().map(|(b, _)| b.clone());
                 s.board_slot = next.map_or(0, |(_, i)| i);
             } else {
-                s.cold().watchers.retain(|(b, i)| !mine(b, *i));
+                s.cold.watchers.retain(|(b, i)| !mine(b, *i));
             }
-            s.more_watchers = !s.cold().watchers.is_empty();
+            s.more_watchers = !s.cold.watchers.is_empty();
             drop(s);
             board.free().push(slot);
         }
