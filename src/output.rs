@@ -24,18 +24,20 @@ use smallvec::SmallVec;
 /// with nothing new to read checks one atomic word instead of taking the lock.
 ///
 /// Laid out so that the lock, the version, the tokens and the board slot that mirrors the
-/// version — all that a step's push and sync touch — share the first cache line; the cursors'
-/// rollback marks and further watchers ([`Cold`]) follow in the same allocation, read only
-/// after a rollback or when cursors come and go.
+/// version — all that a step's push and sync touch — come first, in 64 bytes (at most two cache
+/// lines, wherever the allocator puts the list; a 64-byte-aligned allocation would make it one,
+/// but costs more for every request that joins); the cursors' rollback marks and further
+/// watchers ([`Cold`]) follow in the same allocation, read only after a rollback or when
+/// cursors come and go.
 #[derive(Debug, Default)]
-#[repr(C, align(64))]
+#[repr(C)]
 struct Inner {
     version: AtomicU64,
     shared: SpinLock<Shared>,
 }
 
-// The hot state fits the first cache line (checked at compile time): `Shared`'s fields before
-// `cold`, after the version and the lock flag.
+// The hot state fits 64 bytes (checked at compile time): `Shared`'s fields before `cold`,
+// after the version and the lock flag.
 const _: () = assert!(
     std::mem::offset_of!(Inner, shared)
         + SpinLock::<Shared>::VALUE_OFFSET

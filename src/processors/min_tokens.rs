@@ -22,8 +22,10 @@ use crate::processors::{apply_alone, builtin_basics, sorted_set, write_list};
 /// # State and cost
 ///
 /// A per-row ban list on the device. `update_state`: one length read per request with
-/// `min_tokens > 0`, and a device write only when a request crosses its threshold. `apply`:
-/// writes −inf over the banned ids only.
+/// `min_tokens > 0` (in a pipeline, per such request whose output changed; none at all when no
+/// request is still banning and no output was rolled back, since appends alone cannot start a
+/// ban), and a device write only when a request crosses its threshold. `apply`: writes −inf
+/// over the banned ids only.
 ///
 /// # Errors
 ///
