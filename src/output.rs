@@ -11,7 +11,10 @@
 //!
 //! No lock guard leaves this module: every method takes the handle's lock for a copy and
 //! releases it before returning or calling back, so an engine may append from inside a
-//! cursor's callback without deadlock.
+//! cursor's callback without deadlock. Each change also leaves a record of itself (the token,
+//! when it appended exactly one) under a sequence lock on the list's version, so that a
+//! pipeline following a list that changed by one push since its last sync reads the token
+//! without taking the lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,8 +35,22 @@ use smallvec::SmallVec;
 #[derive(Debug, Default)]
 #[repr(C)]
 struct Inner {
+    /// Bumped by 2 per change, under the lock: odd while a change's record is being written
+    /// (a sequence lock around `last`), even otherwise.
     version: AtomicU64,
+    /// What the change that made the current version did: [`one_push`] of the token when it
+    /// appended exactly one token, [`OTHER`] otherwise. Read without the lock by
+    /// [`OutputCursor::sync_one`], checked against `version` before and after.
+    last: AtomicU64,
     shared: SpinLock<Shared>,
+}
+
+/// A change record: anything but a one-token append.
+const OTHER: u64 = 0;
+
+/// A change record: `token` appended alone.
+fn one_push(token: u32) -> u64 {
+    1 << 32 | u64::from(token)
 }
 
 // The hot state fits 64 bytes (checked at compile time): `Shared`'s fields before `cold`,
@@ -46,10 +63,16 @@ const _: () = assert!(
 );
 
 impl Inner {
-    /// Records a change; call with the lock held (writers are serialised by it): the new
-    /// version goes to the list and to every board slot that watches it.
-    fn bump(&self, s: &Shared) {
-        let v = self.version.load(Ordering::Relaxed).wrapping_add(1);
+    /// Records a change (`op`: [`one_push`] or [`OTHER`]); call with the lock held (writers
+    /// are serialised by it): the version turns odd, the record is written, the version turns
+    /// even again (a sequence lock for lock-free readers of `last`), and the new version goes
+    /// to every board slot that watches the list.
+    fn bump(&self, s: &Shared, op: u64) {
+        let v = self.version.load(Ordering::Relaxed);
+        self.version.store(v.wrapping_add(1), Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        self.last.store(op, Ordering::Relaxed);
+        let v = v.wrapping_add(2);
         self.version.store(v, Ordering::Release);
         if let Some(board) = &s.board {
             board.versions[s.board_slot as usize].store(v, Ordering::Release);
@@ -171,7 +194,7 @@ impl OutputTokens {
     pub fn push(&self, token: u32) {
         let mut s = self.lock();
         s.tokens.push(token);
-        self.0.bump(&s);
+        self.0.bump(&s, one_push(token));
     }
 
     /// Appends several generated tokens.
@@ -181,7 +204,11 @@ impl OutputTokens {
         }
         let mut s = self.lock();
         s.tokens.extend_from_slice(tokens);
-        self.0.bump(&s);
+        let op = match tokens {
+            &[t] => one_push(t),
+            _ => OTHER,
+        };
+        self.0.bump(&s, op);
     }
 
     /// Keeps the first `len` tokens and drops the rest (speculative decoding rejecting draft
@@ -198,7 +225,7 @@ impl OutputTokens {
             *low = (*low).min(len);
             sh.marked = true;
         }
-        self.0.bump(&s);
+        self.0.bump(&s, OTHER);
     }
 
     /// Number of tokens generated so far.
@@ -289,6 +316,7 @@ impl From<Vec<u32>> for OutputTokens {
     fn from(tokens: Vec<u32>) -> Self {
         Self(Arc::new(Inner {
             version: AtomicU64::new(0),
+            last: AtomicU64::new(OTHER),
             shared: SpinLock::new(Shared {
                 tokens,
                 ..Shared::default()
@@ -375,7 +403,7 @@ impl OutputCursor {
         }
         if let Some(t) = push {
             s.tokens.push(t);
-            shared.bump(&s);
+            shared.bump(&s, one_push(t));
         }
         // Usually one token: plain pushes (no call to copy a few bytes).
         for &t in &s.tokens[kept..] {
@@ -402,7 +430,7 @@ impl OutputCursor {
             return false;
         }
         s.tokens.push(token);
-        shared.bump(&s);
+        shared.bump(&s, one_push(token));
         self.seen = Some(shared.version.load(Ordering::Relaxed));
         self.tail_hint = s.tokens.as_ptr_range().end as usize;
         drop(s);
@@ -410,25 +438,28 @@ impl OutputCursor {
         true
     }
 
-    /// The step's usual case, for the pipeline: when exactly one token was appended to the
-    /// list since the cursor's last sync (one push, no rollback), copies it and returns it;
-    /// returns `None` and changes nothing otherwise (the caller then takes
-    /// [`sync_into`](Self::sync_into)).
+    /// The step's usual case, for the pipeline: when exactly one change was made to the list
+    /// since the cursor's last sync and it appended one token, copies it and returns it,
+    /// without taking the list's lock (the change's record is read under the version's
+    /// sequence lock: two loads of the version around one of the record); returns `None` and
+    /// changes nothing otherwise (the caller then takes [`sync_into`](Self::sync_into)).
     #[inline]
     pub(crate) fn sync_one(&mut self) -> Option<u32> {
         let shared = &*self.shared;
-        let s = lock(&shared.shared);
-        let v = shared.version.load(Ordering::Relaxed);
-        let one = self.seen.map(|seen| seen.wrapping_add(1)) == Some(v);
-        if !one || s.tokens.len() != self.tokens.len() + 1 {
+        let seen = self.seen?;
+        let v = shared.version.load(Ordering::Acquire);
+        // One change since the sync (versions move by 2 a change; odd: one being written).
+        if v != seen.wrapping_add(2) {
             return None;
         }
-        // One change since the sync, a push (a truncation shortens the list): no rollback
-        // mark for this cursor.
-        let t = s.tokens[self.tokens.len()];
+        let op = shared.last.load(Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Acquire);
+        if shared.version.load(Ordering::Relaxed) != v || op >> 32 != 1 {
+            return None;
+        }
+        // That change appended one token (so no rollback mark for this cursor either).
+        let t = op as u32;
         self.seen = Some(v);
-        self.tail_hint = s.tokens.as_ptr_range().end as usize;
-        drop(s);
         self.tokens.push(t);
         Some(t)
     }
@@ -743,6 +774,60 @@ mod board_tests {
         let mut changes = Vec::new();
         c2.sync(|c| changes.push(c));
         assert_eq!(changes, [OutputChange::Appended(3)]);
+    }
+
+    #[test]
+    fn a_lock_free_sync_never_reads_a_torn_change() {
+        // The writer keeps `tokens[i] == i` (it pushes the length, extends with the next ids,
+        // truncates anywhere), so every consistent view has that property too; the reader
+        // follows with the lock-free one-token path when it can, the locked sync otherwise.
+        use std::sync::atomic::AtomicBool;
+        let out = OutputTokens::new();
+        let done = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (out, done) = (out.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut x = 0x2545_f491_4f6c_dd1du64;
+                for _ in 0..100_000 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let len = out.len() as u32;
+                    match x % 16 {
+                        0 => out.truncate((x >> 8) as usize % (len as usize + 1)),
+                        1 => out.extend(&[len, len + 1]),
+                        2 => out.extend(&[len]),
+                        _ => out.push(len),
+                    }
+                    // Pauses of random length, so that the reader often finds exactly one
+                    // change (its lock-free path) and sometimes races with one.
+                    for _ in 0..(x >> 20) % 512 {
+                        std::hint::spin_loop();
+                    }
+                }
+                done.store(true, Ordering::Release);
+            })
+        };
+        let mut c = out.cursor();
+        let (mut fast, mut slow) = (0u64, 0u64);
+        let check = |c: &OutputCursor| {
+            let bad = c.tokens().iter().enumerate().find(|&(i, &t)| t != i as u32);
+            assert!(bad.is_none(), "torn view at {bad:?}");
+        };
+        while !done.load(Ordering::Acquire) {
+            if c.sync_one().is_some() {
+                fast += 1;
+            } else {
+                c.sync(|_| {});
+                slow += 1;
+            }
+            check(&c);
+        }
+        writer.join().unwrap();
+        c.sync(|_| {});
+        check(&c);
+        assert_eq!(c.tokens(), out.to_vec());
+        assert!(fast + slow > 0);
     }
 
     #[test]
