@@ -325,7 +325,7 @@ impl Pipeline {
                 let touched = !self.ledger.touched().is_empty();
                 for (row, &t) in tokens.iter().enumerate().take(batch) {
                     if let Some(c) = self.ledger.get(row + AHEAD).and_then(|r| r.cursor.as_ref()) {
-                        c.prefetch();
+                        c.prefetch(true);
                     }
                     if touched && self.outputs.has(row) {
                         continue;
@@ -357,7 +357,7 @@ impl Pipeline {
                 for i in 0..self.changed.len() {
                     if let Some(&ahead) = self.changed.get(i + AHEAD) {
                         if let Some(c) = self.ledger.get(ahead).and_then(|r| r.cursor.as_ref()) {
-                            c.prefetch();
+                            c.prefetch(false);
                         }
                     }
                     let row = self.changed[i];
