@@ -26,8 +26,8 @@ use smallvec::SmallVec;
 /// The list and a version number bumped (under the lock) by every change, so that a cursor
 /// with nothing new to read checks one atomic word instead of taking the lock.
 ///
-/// Laid out so that the lock, the version, the tokens and the board slot that mirrors the
-/// version — all that a step's push and sync touch — come first, in 64 bytes (at most two cache
+/// Laid out so that the version, the change record, the lock, the tokens and the board slot
+/// that mirrors the version — all that a step's push and sync touch — come first, in 64 bytes (at most two cache
 /// lines, wherever the allocator puts the list; a 64-byte-aligned allocation would make it one,
 /// but costs more for every request that joins); the cursors' rollback marks and further
 /// watchers ([`Cold`]) follow in the same allocation, read only after a rollback or when
