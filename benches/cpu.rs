@@ -10,12 +10,18 @@
 //! 128 output tokens, temperature 0.8, min-p 0.05).
 //!
 //! Run: `cargo bench --bench cpu` (add `-- apply/Penalties` to filter).
+//!
+//! `LP_HOST_STEPS=1 cargo bench --bench cpu` instead prints the host-step medians the way
+//! `benches/gpu.rs` takes them (per-step `Instant` timings, median over 1,008 steps after 16 of
+//! warm-up; a fresh pipeline per form; new distinct tokens every step), repeated over rounds
+//! (`LP_HOST_ROUNDS`, default 9): unlike the criterion loops, whose steps include the host's
+//! count processing every 64 steps (on CUDA a launch, left out by that median).
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use logits_processors::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -246,5 +252,80 @@ fn update_state(c: &mut Criterion) {
     group.finish();
 }
 
+/// The host steps as `benches/gpu.rs` times them, on the CPU: median µs per step over 1,008
+/// steps, for one request replaced, one token pushed onto each row's list then
+/// `update_state(None)`, and `append_sampled`; one line per round, then the medians.
+fn host_steps() {
+    let rounds: usize = std::env::var("LP_HOST_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(9);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let time = |f: &mut dyn FnMut()| {
+        let t = std::time::Instant::now();
+        f();
+        t.elapsed().as_secs_f64() * 1e6
+    };
+    let mut rng = StdRng::seed_from_u64(3);
+    let fresh: Vec<Arc<RequestParams>> = (0..64).map(|_| Arc::new(params(&mut rng))).collect();
+    let (mut one, mut pushed, mut bulk) = (Vec::new(), Vec::new(), Vec::new());
+    println!("round | one request replaced | engine pushes + update_state(None) | append_sampled (µs, medians)");
+    for round in 0..rounds {
+        let (mut p, _outs) = admitted(&ALL, CAPACITY);
+        let mut changes = BatchUpdateBuilder::new();
+        let steps: Vec<f64> = (0..1024)
+            .map(|i| {
+                changes.remove((i * 37) % CAPACITY);
+                let r = changes.pop_removed().unwrap();
+                changes.add(r, fresh[i % fresh.len()].clone());
+                time(&mut || p.update_state(changes.build(CAPACITY)).unwrap())
+            })
+            .collect();
+        one.push(median(steps[16..].to_vec()));
+        let (mut p, outs) = admitted(&ALL, CAPACITY);
+        let steps: Vec<f64> = (0..1024u32)
+            .map(|step| {
+                for (r, o) in outs.iter().enumerate() {
+                    o.push((step * 7919 + r as u32) % VOCAB as u32);
+                }
+                time(&mut || p.update_state(None).unwrap())
+            })
+            .collect();
+        pushed.push(median(steps[16..].to_vec()));
+        let (mut p, _outs) = admitted(&ALL, CAPACITY);
+        let mut sampled = vec![0u32; CAPACITY];
+        let steps: Vec<f64> = (0..1024u32)
+            .map(|step| {
+                for (r, t) in sampled.iter_mut().enumerate() {
+                    *t = (step * 7919 + r as u32) % VOCAB as u32;
+                }
+                time(&mut || p.append_sampled(&sampled).unwrap())
+            })
+            .collect();
+        bulk.push(median(steps[16..].to_vec()));
+        println!(
+            "{round} | {:.2} | {:.2} | {:.2}",
+            one[round], pushed[round], bulk[round]
+        );
+    }
+    println!(
+        "median | {:.2} | {:.2} | {:.2}",
+        median(one),
+        median(pushed),
+        median(bulk)
+    );
+}
+
 criterion_group!(benches, apply, update_state);
-criterion_main!(benches);
+
+fn main() {
+    if std::env::var_os("LP_HOST_STEPS").is_some() {
+        host_steps();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

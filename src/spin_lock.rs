@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// A mutual-exclusion lock without poisoning (a panic inside a section leaves the value as it
 /// is, like the `unwrap_or_else(into_inner)` the output lists used with `Mutex`).
 #[derive(Default)]
+#[repr(C)]
 pub(crate) struct SpinLock<T> {
     locked: AtomicBool,
     value: UnsafeCell<T>,
@@ -26,6 +27,10 @@ pub(crate) struct SpinLock<T> {
 unsafe impl<T: Send> Sync for SpinLock<T> {}
 
 impl<T> SpinLock<T> {
+    /// Where the value starts, in bytes from the lock's start (after the flag): for callers
+    /// that lay out hot fields by cache line.
+    pub(crate) const VALUE_OFFSET: usize = std::mem::offset_of!(Self, value);
+
     /// A lock holding `value`.
     pub(crate) const fn new(value: T) -> Self {
         Self {

@@ -108,6 +108,36 @@ pub(crate) fn entries(row: &[u32], w: usize) -> impl Iterator<Item = (u32, u32, 
     })
 }
 
+/// Logs entries into a [`CountTable`]'s log ([`CountTable::writer`]); the entry count is
+/// updated when it drops.
+pub(crate) struct LogWriter<'a> {
+    /// The table's log, held here while writing (its length stays in a register).
+    log: Vec<u32>,
+    table: &'a mut CountTable,
+    n: u32,
+}
+
+impl LogWriter<'_> {
+    /// Logs an entry of `kind` for `token` in `slot`, as [`CountTable::log`].
+    #[inline]
+    pub(crate) fn log(&mut self, slot: usize, kind: u32, token: u32) {
+        self.log
+            .extend_from_slice(&[slot as u32 | kind << 30, token]);
+        self.n += 1;
+    }
+}
+
+impl Drop for LogWriter<'_> {
+    fn drop(&mut self) {
+        let slots = self.table.slots;
+        self.table.log = std::mem::take(&mut self.log);
+        if self.n > 0 {
+            self.table.log[slots] += self.n;
+            self.table.dirty = true;
+        }
+    }
+}
+
 /// The count tables of every slot and the log of changes not yet processed.
 #[derive(Debug)]
 pub(crate) struct CountTable {
@@ -213,6 +243,19 @@ impl CountTable {
         self.log.extend([slot as u32 | kind << 30, token]);
         self.log[self.slots] += 1;
         self.dirty = true;
+    }
+
+    /// A writer that logs many entries as [`log`](Self::log) would, with room reserved for
+    /// `additional` of them first and the entry count stored once when it drops (a step's
+    /// appends: one pass, no per-entry update of the shared count).
+    pub(crate) fn writer(&mut self, additional: usize) -> LogWriter<'_> {
+        let mut log = std::mem::take(&mut self.log);
+        log.reserve(2 * additional);
+        LogWriter {
+            log,
+            n: 0,
+            table: self,
+        }
     }
 
     /// Entries logged and not yet processed.

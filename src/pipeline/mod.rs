@@ -84,6 +84,9 @@ pub struct Pipeline {
     stages: Vec<Stage>,
 }
 
+/// How many rows ahead the append step asks for a row's lines.
+const AHEAD: usize = 4;
+
 /// A request's output tokens as the pipeline follows them.
 #[derive(Debug)]
 struct RowOutput {
@@ -317,19 +320,27 @@ impl Pipeline {
                 }
             }
             if let Some(tokens) = sampled {
-                // Every row changes: warm the rows' lists and cursors first (the loads overlap),
-                // then one pass, in row order.
-                let mut acc = 0u64;
-                for (_, r) in self.ledger.rows() {
-                    if let Some(c) = r.and_then(|r| r.cursor.as_ref()) {
-                        acc ^= c.warm();
-                    }
-                }
-                std::hint::black_box(acc);
+                // Every row changes: one pass in row order, each row's lines asked for a few
+                // rows ahead (the misses of lists scattered over the heap overlap).
+                let touched = !self.ledger.touched().is_empty();
                 for (row, &t) in tokens.iter().enumerate().take(batch) {
-                    if !self.outputs.has(row) {
-                        let cursor = self.ledger.get_mut(row).and_then(|r| r.cursor.as_mut());
-                        self.outputs.push_row(row, cursor, Some(t), false);
+                    if let Some(c) = self.ledger.get(row + AHEAD).and_then(|r| r.cursor.as_ref()) {
+                        c.prefetch(true);
+                    }
+                    if touched && self.outputs.has(row) {
+                        continue;
+                    }
+                    let cursor = self.ledger.get_mut(row).and_then(|r| r.cursor.as_mut());
+                    match cursor {
+                        // The usual step: the list did not change since the last sync.
+                        Some(c) => {
+                            if c.push_synced(t) {
+                                self.outputs.push_appended(row, t, c.len());
+                            } else {
+                                self.outputs.push_row(row, Some(c), Some(t), false);
+                            }
+                        }
+                        None => self.outputs.push_row(row, None, Some(t), false),
                     }
                 }
             } else {
@@ -342,18 +353,23 @@ impl Pipeline {
                         self.changed.push(row);
                     }
                 }
-                // Warm the changed rows' lists and cursors first: the loads overlap instead of
-                // missing one row after another (the lists are scattered over the heap).
-                let mut acc = 0u64;
-                for &row in &self.changed {
-                    if let Some(c) = self.ledger.get(row).and_then(|r| r.cursor.as_ref()) {
-                        acc ^= c.warm();
+                // One pass; each changed row's lines asked for a few rows ahead.
+                for i in 0..self.changed.len() {
+                    if let Some(&ahead) = self.changed.get(i + AHEAD) {
+                        if let Some(c) = self.ledger.get(ahead).and_then(|r| r.cursor.as_ref()) {
+                            c.prefetch(false);
+                        }
                     }
-                }
-                std::hint::black_box(acc);
-                for &row in &self.changed {
+                    let row = self.changed[i];
                     let cursor = self.ledger.get_mut(row).and_then(|r| r.cursor.as_mut());
-                    self.outputs.push_row(row, cursor, None, false);
+                    match cursor {
+                        // The usual step: one token pushed since the last sync.
+                        Some(c) => match c.sync_one() {
+                            Some(t) => self.outputs.push_appended(row, t, c.len()),
+                            None => self.outputs.push_row(row, Some(c), None, false),
+                        },
+                        None => self.outputs.push_row(row, None, None, false),
+                    }
                 }
             }
         } else if sampled.is_some() {

@@ -25,10 +25,11 @@ const PARAM: &str = "bad_words_token_ids";
 /// # State and cost
 ///
 /// A per-row ban list on the device; no copy of the output (the cursor's is read).
-/// `update_state`: for each request with multi-token sequences whose output changed, one
-/// lookup of its last token among the sequences' prefix ends and, when it is one, one
-/// comparison per sequence of the output's tail (O(sequence length)); a device write only when
-/// the banned set changes. `apply`: writes −inf
+/// `update_state`: for each request with multi-token sequences whose output changed, a check
+/// of its last token against a per-row 64-bit filter of the sequences' prefix ends (two hashed
+/// bits per end: about 1.4% of other tokens pass at four ends), then one lookup among the
+/// prefix ends and, when it is one, one comparison per sequence of the output's tail
+/// (O(sequence length)); a device write only when the banned set changes. `apply`: writes −inf
 /// over the banned ids only.
 ///
 /// # Errors
@@ -70,9 +71,10 @@ pub struct BadWords {
     scratch: Vec<u32>,
     /// Rows touched by the current update (reused).
     marks: Vec<bool>,
-    /// Per row of the batch: a 64-bit filter of its sequences' prefix ends (bit `t % 64`; 0 for
-    /// a row without longer sequences), and whether a longer sequence matched last time: a step
-    /// skips a row whose new last token is not in the filter without reading its state.
+    /// Per row of the batch: a 64-bit filter of its sequences' prefix ends (the two bits of
+    /// [`filter_bits`] per end; 0 for a row without longer sequences), and whether a longer
+    /// sequence matched last time: a step skips a row whose new last token is not in the filter
+    /// without reading its state.
     ends: Vec<u64>,
     matched: Vec<bool>,
     /// In a pipeline: output changes come from the pipeline.
@@ -118,6 +120,16 @@ impl BadWords {
     pub fn batch_size(&self) -> usize {
         self.ledger.batch_size()
     }
+}
+
+/// The two bits that token `t` sets in a row's filter of prefix ends (a two-hash Bloom filter
+/// in one word: a row with four prefix ends lets about 1.4% of other tokens through, against
+/// 6% for one bit per token).
+#[inline]
+fn filter_bits(t: u32) -> u64 {
+    let a = t.wrapping_mul(0x9E37_79B1) >> 26;
+    let b = t.wrapping_mul(0x85EB_CA77) >> 26;
+    1 << a | 1 << b
 }
 
 fn check(config: &ProcessorConfig, params: &RequestParams) -> Result<()> {
@@ -219,7 +231,7 @@ impl BadWords {
                 cursor,
                 banned: row_banned,
             } = r;
-            let filter = prefix_ends.iter().fold(0u64, |b, &t| b | 1 << (t % 64));
+            let filter = prefix_ends.iter().fold(0u64, |b, &t| b | filter_bits(t));
             // The output (with the number of changes this step), when a longer sequence may
             // match it.
             let (changed, output): (usize, &[u32]) = if words.is_empty() {
@@ -265,14 +277,17 @@ impl BadWords {
                         (ends[row], matched[row]) = step(row, self.ledger.get_mut(row), true);
                     }
                 }
+                let touched = !self.ledger.touched().is_empty();
                 for (row, _, changes) in o.entries() {
-                    if marks[row] || ends[row] == 0 {
+                    let filter = ends[row];
+                    if filter == 0 || (touched && marks[row]) {
                         continue;
                     }
                     // The new last token, when the step ends with an append: a row whose last
                     // token ends no prefix and that matched nothing before needs no visit.
-                    if let Some(OutputChange::Appended(t)) = changes.last() {
-                        if ends[row] >> (t % 64) & 1 == 0 && !matched[row] {
+                    if let Some(&OutputChange::Appended(t)) = changes.last() {
+                        let bits = filter_bits(t);
+                        if filter & bits != bits && !matched[row] {
                             continue;
                         }
                     }

@@ -22,8 +22,10 @@ use crate::processors::{apply_alone, builtin_basics, sorted_set, write_list};
 /// # State and cost
 ///
 /// A per-row ban list on the device. `update_state`: one length read per request with
-/// `min_tokens > 0`, and a device write only when a request crosses its threshold. `apply`:
-/// writes −inf over the banned ids only.
+/// `min_tokens > 0` (in a pipeline, per such request whose output changed; none at all when no
+/// request is still banning and no output was rolled back, since appends alone cannot start a
+/// ban), and a device write only when a request crosses its threshold. `apply`: writes −inf
+/// over the banned ids only.
 ///
 /// # Errors
 ///
@@ -66,6 +68,24 @@ pub struct MinTokens {
     /// tokens are banned now: a step reads these flat arrays, not the rows' state.
     mins: Vec<usize>,
     banning: Vec<bool>,
+    /// The rows with `mins[row] > 0` and `banning[row]`: when none and no output was rolled
+    /// back, a step's appends cannot start or end a ban, and the step reads no row.
+    banning_rows: usize,
+}
+
+/// Sets `row`'s entries of the flat arrays, keeping `count` (the rows with a minimum that ban)
+/// up to date.
+fn set_row(
+    (mins, banning, count): (&mut [usize], &mut [bool], &mut usize),
+    row: usize,
+    min: usize,
+    ban: bool,
+) {
+    let was = mins[row] > 0 && banning[row];
+    let now = min > 0 && ban;
+    mins[row] = min;
+    banning[row] = ban;
+    *count = *count + usize::from(now) - usize::from(was);
 }
 
 #[derive(Debug)]
@@ -109,6 +129,7 @@ impl MinTokens {
             fed: false,
             mins: vec![0; config.max_batch_size()],
             banning: vec![false; config.max_batch_size()],
+            banning_rows: 0,
         })
     }
 
@@ -168,11 +189,15 @@ impl MinTokens {
         // Rows whose request changed: rewrite their list from scratch.
         for i in 0..self.ledger.touched().len() {
             let row = self.ledger.touched()[i];
+            let flat = (
+                &mut self.mins[..],
+                &mut self.banning[..],
+                &mut self.banning_rows,
+            );
             let words = match self.ledger.get_mut(row) {
                 Some(r) => {
                     r.banning = len_of(row, r) < r.min;
-                    self.mins[row] = r.min;
-                    self.banning[row] = r.banning;
+                    set_row(flat, row, r.min, r.banning);
                     if r.banning {
                         &r.stops[..]
                     } else {
@@ -180,7 +205,7 @@ impl MinTokens {
                     }
                 }
                 None => {
-                    self.mins[row] = 0;
+                    set_row(flat, row, 0, false);
                     &[][..]
                 }
             };
@@ -189,6 +214,8 @@ impl MinTokens {
         // Every request whose output changed (fed: the rows with an entry; alone: all): the ban
         // flips when its output crosses `min` (either way: rollback).
         match fed {
+            // Appends only and no row banning: no ban starts (outputs only grew) or ends.
+            Some(o) if self.banning_rows == 0 && !o.rolled_back() => {}
             Some(o) => {
                 for (row, len, _) in o.entries() {
                     let min = self.mins[row];
@@ -196,7 +223,12 @@ impl MinTokens {
                         continue;
                     }
                     let banning = len < min;
-                    self.banning[row] = banning;
+                    let flat = (
+                        &mut self.mins[..],
+                        &mut self.banning[..],
+                        &mut self.banning_rows,
+                    );
+                    set_row(flat, row, min, banning);
                     if let Some(r) = self.ledger.get_mut(row) {
                         r.banning = banning;
                         let words = if banning { &r.stops[..] } else { &[][..] };
@@ -212,7 +244,12 @@ impl MinTokens {
                     let banning = len_of(row, r) < r.min;
                     if banning != r.banning {
                         r.banning = banning;
-                        self.banning[row] = banning;
+                        let flat = (
+                            &mut self.mins[..],
+                            &mut self.banning[..],
+                            &mut self.banning_rows,
+                        );
+                        set_row(flat, row, r.min, banning);
                         let words = if banning { &r.stops[..] } else { &[][..] };
                         write_list(&mut self.table, row, 1, words)?;
                     }

@@ -5,7 +5,7 @@ use crate::config::ProcessorConfig;
 use crate::error::{ParamsError, Result};
 use std::sync::Arc;
 
-use crate::kernels::counts::{CountTable, ADD, PROMPT, SUB};
+use crate::kernels::counts::{CountTable, LogWriter, ADD, PROMPT, SUB};
 use crate::kernels::table::RowTable;
 use crate::kernels::{PenaltySpec, NO_SLOT};
 use crate::ledger::RowLedger;
@@ -246,6 +246,41 @@ fn penalties(params: &RequestParams) -> Result<Option<[f32; 3]>> {
     Ok((rep != 1.0 || freq != 0.0 || pres != 0.0).then_some([rep, freq, pres]))
 }
 
+/// Logs the output changes of the step's rows into `w` (rows without a slot, or `marked` by
+/// the update, skipped), counting each append into its slot's bound; returns the largest bound
+/// reached (0 if none). A small function of slices, so that the loop keeps its state in
+/// registers.
+fn log_changes(
+    o: &StepOutputs,
+    slot_of: &[u32],
+    marked: Option<&[bool]>,
+    bound: &mut [u32],
+    vocab: usize,
+    w: &mut LogWriter<'_>,
+) -> u32 {
+    let mut top = 0u32;
+    for (row, _, changes) in o.entries() {
+        let s = slot_of[row];
+        if s == NO_SLOT || marked.is_some_and(|m| m[row]) {
+            continue;
+        }
+        let s = s as usize;
+        for &c in changes {
+            match c {
+                OutputChange::Appended(t) if (t as usize) < vocab => {
+                    w.log(s, ADD, t);
+                    let b = bound[s] + 1;
+                    bound[s] = b;
+                    top = top.max(b);
+                }
+                OutputChange::Removed(t) if (t as usize) < vocab => w.log(s, SUB, t),
+                _ => {}
+            }
+        }
+    }
+    top
+}
+
 /// Writes `row`'s parameters and slot.
 fn write_params(table: &mut RowTable, row: usize, params: [f32; 3], slot: u32) {
     for (k, p) in params.iter().enumerate() {
@@ -398,14 +433,15 @@ impl Penalties {
                         step(row, self.ledger.get_mut(row), true);
                     }
                 }
-                for (row, _, changes) in o.entries() {
-                    let s = self.slot_of[row];
-                    if self.marks[row] || s == NO_SLOT {
-                        continue;
-                    }
-                    for &c in changes {
-                        log(s as usize, c, &mut grow);
-                    }
+                // The step's other rows: one flat pass that logs their changes (the usual
+                // step: one append per row).
+                let touched = !self.ledger.touched().is_empty();
+                let marks = touched.then_some(&self.marks[..]);
+                let mut w = self.counts.writer(o.change_count());
+                let top = log_changes(o, &self.slot_of, marks, &mut self.bound, vocab, &mut w);
+                drop(w);
+                if top as usize > half {
+                    grow = grow.max(top as usize);
                 }
             }
             None => {
