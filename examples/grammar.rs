@@ -15,10 +15,15 @@
 //!
 //! ```text
 //! cargo run --release --example grammar
+//! cargo run --release --features cuda --example grammar -- --cuda   # logits and masks on GPU 0
 //! ```
 //!
+//! On CUDA the logits live on the device and each step's masks go to `TokenBitmask` as one
+//! `[rows, words]` device tensor (`set_tensor`) instead of a host slice.
+//!
 //! Its tests (`cargo test --release --example grammar`, part of `cargo test`) run the same loop
-//! and check every output against its grammar, independently of the loop.
+//! and check every output against its grammar, independently of the loop; with the `cuda`
+//! feature, one more runs it on the GPU and requires the CPU run's tokens, request for request.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -177,11 +182,12 @@ pub struct Outcome {
 struct RandomModel(StdRng);
 
 impl RandomModel {
-    fn forward(&mut self, rows: usize) -> candle_core::Result<Tensor> {
+    /// The same draws whatever the device: made on the host, then moved.
+    fn forward(&mut self, rows: usize, device: &Device) -> candle_core::Result<Tensor> {
         let logits: Vec<f32> = (0..rows * VOCAB)
             .map(|_| self.0.random_range(0.0..8.0))
             .collect();
-        Tensor::from_vec(logits, (rows, VOCAB), &Device::Cpu)
+        Tensor::from_vec(logits, (rows, VOCAB), &Device::Cpu)?.to_device(device)
     }
 }
 
@@ -212,7 +218,8 @@ struct Running {
     max_tokens: usize,
 }
 
-/// Serves `requests`, at most `max_batch_size` at once, sampling with `seed`.
+/// Serves `requests`, at most `max_batch_size` at once, sampling with `seed`, the logits (and,
+/// on CUDA, the masks) on `device`.
 ///
 /// # Errors
 ///
@@ -222,10 +229,12 @@ pub fn run(
     requests: Vec<Request>,
     max_batch_size: usize,
     seed: u64,
+    device: &Device,
 ) -> anyhow::Result<Outcome> {
     let config = ProcessorConfig::builder()
         .max_batch_size(max_batch_size)
         .vocab_size(VOCAB)
+        .device(device.clone())
         .build()?;
     let mut processors = Pipeline::builder(&config)
         .with(TokenBitmask::new(&config)?) // the grammars' masks, handed over each step
@@ -302,13 +311,20 @@ pub fn run(
             }
         }
         let rows = batch.len();
-        processors
+        let bitmask = processors
             .token_bitmask_mut()
-            .context("the pipeline has a TokenBitmask stage")?
-            .set_host(&mask[..rows * words_per_row], &masked_rows)?;
+            .context("the pipeline has a TokenBitmask stage")?;
+        if device.is_cuda() {
+            // One upload of the step's words, applied on the device.
+            let words =
+                Tensor::from_slice(&mask[..rows * words_per_row], (rows, words_per_row), device)?;
+            bitmask.set_tensor(&words, &masked_rows)?;
+        } else {
+            bitmask.set_host(&mask[..rows * words_per_row], &masked_rows)?;
+        }
         out.masked_rows += masked_rows.len();
 
-        let logits = model.forward(rows)?;
+        let logits = model.forward(rows, device)?;
         processors.apply(&logits)?; // in place: mask, bias, temperature, min-p in one pass
         sampled.clear();
         for row in logits.to_vec2::<f32>()? {
@@ -408,9 +424,15 @@ pub fn demo_requests(n: u64, banned: u32) -> Vec<Request> {
 
 #[cfg_attr(test, allow(dead_code))] // the test harness replaces `main` under `cargo test`
 fn main() -> anyhow::Result<()> {
+    let device = if std::env::args().any(|a| a == "--cuda") {
+        Device::new_cuda(0)
+            .context("--cuda: build with `--features cuda` on a machine with a GPU")?
+    } else {
+        Device::Cpu
+    };
     let qwen = Qwen::load(TOKENIZER)?;
     let banned = qwen.id("!")?;
-    let out = run(&qwen, demo_requests(8, banned), 4, 7)?;
+    let out = run(&qwen, demo_requests(8, banned), 4, 7, &device)?;
     for (id, f) in &out.outputs {
         println!(
             "request {id} ({} tokens, {:?}): {}",
@@ -439,7 +461,9 @@ mod tests {
     use super::*;
 
     fn qwen() -> Qwen {
-        Qwen::load(TOKENIZER).unwrap_or_else(|e| panic!("{e:#}"))
+        // `LP_TOKENIZER` points a test binary run from another checkout at its fixture.
+        let path = std::env::var("LP_TOKENIZER").unwrap_or_else(|_| TOKENIZER.to_string());
+        Qwen::load(path).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     fn full_match(pattern: &str, text: &str) -> bool {
@@ -476,7 +500,7 @@ mod tests {
         let qwen = qwen();
         let banned = qwen.id("!").unwrap();
         let requests = demo_requests(12, banned);
-        let out = run(&qwen, requests.clone(), 4, 2024).unwrap();
+        let out = run(&qwen, requests.clone(), 4, 2024, &Device::Cpu).unwrap();
         assert_eq!(out.outputs.len(), requests.len());
         assert!(out.moves > 0, "rows moved while masks were in use: {out:?}");
         let factory = qwen.factory().unwrap();
@@ -560,7 +584,9 @@ mod tests {
             .unwrap()
             .set_host(&words, &[0])
             .unwrap();
-        let logits = RandomModel(StdRng::seed_from_u64(1)).forward(2).unwrap();
+        let logits = RandomModel(StdRng::seed_from_u64(1))
+            .forward(2, &Device::Cpu)
+            .unwrap();
         processors.apply(&logits).unwrap();
         let rows = logits.to_vec2::<f32>().unwrap();
         let finite = |t: usize| rows[0][t].is_finite();
@@ -582,5 +608,25 @@ mod tests {
             rows[1].iter().all(|x| x.is_finite()),
             "row 1 has no grammar"
         );
+    }
+
+    /// On the GPU (logits on the device, each step's masks one device tensor), the loop
+    /// samples the CPU run's tokens, request for request: `apply` gives the same bits there.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn the_loop_on_cuda_samples_the_cpu_runs_tokens() {
+        let qwen = qwen();
+        let banned = qwen.id("!").unwrap();
+        let requests = demo_requests(12, banned);
+        let cpu = run(&qwen, requests.clone(), 4, 2024, &Device::Cpu).unwrap();
+        let gpu = Device::new_cuda(0).expect("a CUDA device");
+        let cuda = run(&qwen, requests, 4, 2024, &gpu).unwrap();
+        assert_eq!(cuda.steps, cpu.steps);
+        assert_eq!(cuda.masked_rows, cpu.masked_rows);
+        assert!(cuda.masked_rows > 0 && cuda.moves > 0, "{cuda:?}");
+        assert_eq!(cuda.outputs.len(), cpu.outputs.len());
+        for (id, f) in &cpu.outputs {
+            assert_eq!(cuda.outputs[id].tokens, f.tokens, "request {id}");
+        }
     }
 }
