@@ -7,13 +7,15 @@
 //! nothing here (the row's parameters name its slot). A slot's row of the table is
 //!
 //! ```text
-//! [used, key_0, value_0, …, key_{W-1}, value_{W-1}, list_0, …, list_{W/2-1}]
+//! [used, key_0, ref_0, …, key_{W-1}, ref_{W-1}, lkey_0, value_0, …, lkey_{W/2-1}, value_{W/2-1}]
 //! ```
 //!
-//! with `W` a power of two (the same for every slot), `key = token + 1` (0: empty; linear
-//! probing from [`home`]), `value = count << 1 | in_prompt`, and `list` the used positions in
-//! claim order (`used` of them), so that a pass over a row reads only its used entries.
-//! Keys are never removed while the slot's request lives (a count may fall back to 0).
+//! with `W` a power of two (the same for every slot): a hash of `key = token + 1` (0: empty;
+//! linear probing from [`home`]) to `ref` = its entry's index in the list + 1, and the list of
+//! the `used` entries in claim order, each `lkey` (the key again) and
+//! `value = count << 1 | in_prompt`. A pass over a row (the sparse phase's penalties) reads
+//! only the list, in order; updates find an entry through the hash. Keys are never removed
+//! while the slot's request lives (a count may fall back to 0).
 //!
 //! The host *logs* changes: [`reset`](CountTable::reset) (a request joins the slot),
 //! [`log`](CountTable::log) (an output token appended or rolled back, a prompt token). The log
@@ -52,7 +54,7 @@ const MUL: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Words per slot row for `w` hash positions.
 pub(crate) fn row_width(w: usize) -> usize {
-    1 + 2 * w + w / 2
+    1 + 3 * w
 }
 
 /// The first position probed for `token` in a table of `w` (a power of two) positions.
@@ -62,23 +64,38 @@ pub(crate) fn home(token: u32, w: usize) -> usize {
     ((u64::from(token) + 1).wrapping_mul(MUL) >> shift) as usize
 }
 
-/// The position of `token` in a slot row of `w` positions, claimed (and listed) if absent.
-fn claim(row: &mut [u32], w: usize, token: u32) -> usize {
+/// A hash `ref` past the list (never while tables are kept half full; `cu/counts.cu` too).
+const NO_REF: u32 = u32::MAX;
+
+/// The word of the value of list entry `k` in a slot row of `w` positions.
+#[inline]
+fn value_at(w: usize, k: usize) -> usize {
+    2 + 2 * w + 2 * k
+}
+
+/// The list index of `token` in a slot row of `w` positions, claimed (and listed with value 0)
+/// if absent; `None` past the list.
+fn claim(row: &mut [u32], w: usize, token: u32) -> Option<usize> {
     let key = token + 1;
     let mut i = home(token, w);
     loop {
         let k = row[1 + 2 * i];
         if k == key {
-            return i;
+            let r = row[2 + 2 * i];
+            return (r != NO_REF).then(|| r as usize - 1);
         }
         if k == 0 {
             row[1 + 2 * i] = key;
             let used = row[0] as usize;
-            if used < w / 2 {
-                row[1 + 2 * w + used] = i as u32;
-            }
             row[0] += 1;
-            return i;
+            if used < w / 2 {
+                row[1 + 2 * w + 2 * used] = key;
+                row[value_at(w, used)] = 0;
+                row[2 + 2 * i] = used as u32 + 1;
+                return Some(used);
+            }
+            row[2 + 2 * i] = NO_REF;
+            return None;
         }
         i = (i + 1) & (w - 1);
     }
@@ -86,8 +103,10 @@ fn claim(row: &mut [u32], w: usize, token: u32) -> usize {
 
 /// Applies one logged entry to a slot row.
 fn apply_entry(row: &mut [u32], w: usize, kind: u32, token: u32) {
-    let i = claim(row, w, token);
-    let v = &mut row[2 + 2 * i];
+    let Some(k) = claim(row, w, token) else {
+        return;
+    };
+    let v = &mut row[value_at(w, k)];
     *v = match kind {
         ADD => v.wrapping_add(2),
         SUB => v.wrapping_sub(2),
@@ -95,17 +114,12 @@ fn apply_entry(row: &mut [u32], w: usize, kind: u32, token: u32) {
     };
 }
 
-/// The used entries of a slot row: `(token, count, in_prompt)`.
+/// The used entries of a slot row: `(token, count, in_prompt)`, in list order.
 pub(crate) fn entries(row: &[u32], w: usize) -> impl Iterator<Item = (u32, u32, bool)> + '_ {
     let used = (row[0] as usize).min(w / 2);
-    row[1 + 2 * w..1 + 2 * w + used].iter().map(move |&i| {
-        let i = i as usize;
-        (
-            row[1 + 2 * i] - 1,
-            row[2 + 2 * i] >> 1,
-            row[2 + 2 * i] & 1 != 0,
-        )
-    })
+    row[1 + 2 * w..1 + 2 * w + 2 * used]
+        .chunks_exact(2)
+        .map(|e| (e[0] - 1, e[1] >> 1, e[1] & 1 != 0))
 }
 
 /// Logs entries into a [`CountTable`]'s log ([`CountTable::writer`]); the entry count is
@@ -400,8 +414,9 @@ impl CountTable {
                 if count == 0 && !in_prompt {
                     continue;
                 }
-                let i = claim(new, w, token);
-                new[2 + 2 * i] = count << 1 | u32::from(in_prompt);
+                if let Some(k) = claim(new, w, token) {
+                    new[value_at(w, k)] = count << 1 | u32::from(in_prompt);
+                }
             }
         }
         self.host = host;
@@ -435,7 +450,14 @@ fn lookup(row: &[u32], w: usize, token: u32) -> (u32, bool) {
     loop {
         match row[1 + 2 * i] {
             0 => return (0, false),
-            k if k == key => return (row[2 + 2 * i] >> 1, row[2 + 2 * i] & 1 != 0),
+            k if k == key => {
+                let r = row[2 + 2 * i];
+                if r == NO_REF || r == 0 {
+                    return (0, false);
+                }
+                let v = row[value_at(w, r as usize - 1)];
+                return (v >> 1, v & 1 != 0);
+            }
             _ => i = (i + 1) & (w - 1),
         }
     }

@@ -5,20 +5,26 @@
 
 // ------------------------------------------------------------------------------------------
 // Penalty counts (see src/kernels/counts.rs for the layout and the log). A slot row is
-// [used, key_0, value_0, ..., key_{W-1}, value_{W-1}, list_0, ..., list_{W/2-1}];
-// key = token + 1 (0 empty), value = count << 1 | in_prompt.
+// [used, key_0, ref_0, ..., key_{W-1}, ref_{W-1}, lkey_0, value_0, ..., lkey_{W/2-1},
+// value_{W/2-1}]: a hash of key = token + 1 (0 empty) to ref = list index + 1 (0 while the
+// claim is being written, LP_NO_REF past the list), and the list of entries in claim order,
+// key and value = count << 1 | in_prompt, read in order by the sparse phase.
 
 #define LP_NO_SLOT 0xffffffffu
 #define LP_RESET 0x80000000u
 #define LP_SLOT_MASK 0x3fffffffu
+#define LP_NO_REF 0xffffffffu
+#define LP_NO_ENTRY 0xffffffffu
 
 __device__ __forceinline__ u32 lp_home(u32 token, u32 w) {
     const u32 shift = 64u - (31u - __clz(w));
     return (u32)(((u64)(token + 1u) * 0x9E3779B97F4A7C15ull) >> shift);
 }
 
-// The position of `token` in the slot row `tab` (W positions), claimed and listed if absent.
-// Safe for concurrent callers of one block or grid.
+// The list index of `token` in the slot row `tab` (W positions), claimed and listed (value 0)
+// if absent; LP_NO_ENTRY past the list (never while the host keeps tables half full). Safe for
+// concurrent callers: a claimer writes the list entry, then publishes its ref; a caller that
+// finds the key waits for the ref.
 __device__ __forceinline__ u32 lp_claim(u32* tab, u32 w, u32 token) {
     const u32 key = token + 1u;
     u32 i = lp_home(token, w);
@@ -28,11 +34,24 @@ __device__ __forceinline__ u32 lp_claim(u32* tab, u32 w, u32 token) {
             k = atomicCAS(&tab[1 + 2 * i], 0u, key);
             if (k == 0u) {
                 const u32 pos = atomicAdd(&tab[0], 1u);
-                if (pos < w / 2u) tab[1 + 2 * w + pos] = i;
-                return i;
+                u32 ref = LP_NO_REF;
+                if (pos < w / 2u) {
+                    tab[1 + 2 * w + 2 * pos] = key;
+                    tab[2 + 2 * w + 2 * pos] = 0u;
+                    ref = pos + 1u;
+                }
+                __threadfence(); // the entry before its ref
+                atomicExch(&tab[2 + 2 * i], ref);
+                return ref == LP_NO_REF ? LP_NO_ENTRY : pos;
             }
         }
-        if (k == key) return i;
+        if (k == key) {
+            u32 ref;
+            while ((ref = *reinterpret_cast<volatile u32*>(&tab[2 + 2 * i])) == 0u) {
+            }
+            __threadfence();
+            return ref == LP_NO_REF ? LP_NO_ENTRY : ref - 1u;
+        }
         i = (i + 1u) & (w - 1u);
     }
 }
@@ -54,7 +73,8 @@ __device__ void lp_count_slot(u32* tab, u32 w, const u32* log, u32 slots, u32 sl
         const u32 a = e[2 * k];
         if ((a & LP_SLOT_MASK) != slot) continue;
         const u32 i = lp_claim(tab, w, e[2 * k + 1]);
-        u32* v = &tab[2 + 2 * i];
+        if (i == LP_NO_ENTRY) continue;
+        u32* v = &tab[2 + 2 * w + 2 * i];
         switch (a >> 30) {
             case 0u: atomicAdd(v, 2u); break;
             case 1u: atomicSub(v, 2u); break;

@@ -61,10 +61,9 @@ extern "C" __global__ void __launch_bounds__(256) lp_count_rehash(const u32* old
     u32* t = tab + (size_t)blockIdx.x * width;
     const u32 used = min(o[0], old_w / 2u);
     for (u32 k = threadIdx.x; k < used; k += blockDim.x) {
-        const u32 i = o[1 + 2 * old_w + k];
-        const u32 v = o[2 + 2 * i];
+        const u32 v = o[2 + 2 * old_w + 2 * k];
         if (v == 0u) continue;
-        const u32 j = lp_claim(t, w, o[1 + 2 * i] - 1u);
-        t[2 + 2 * j] = v;
+        const u32 j = lp_claim(t, w, o[1 + 2 * old_w + 2 * k] - 1u);
+        if (j != LP_NO_ENTRY) t[2 + 2 * w + 2 * j] = v;
     }
 }

@@ -57,7 +57,7 @@ __device__ __forceinline__ void lp_sparse(
     // barriers) and read ahead before the logits phases.
     if (penalised && pen_log) lp_count_slot(tab, pen_hw, pen_log, pen_slots, slot);
     const u32 used = penalised ? min(tab[0], pen_hw / 2u) : 0u;
-    const u32* list = penalised ? tab + 1 + 2 * pen_hw : (const u32*)0;
+    const u32* list = penalised ? tab + 1 + 2 * pen_hw : (const u32*)0; // (key, value) pairs
     u32 pt[LP_PEN_AHEAD], pp[LP_PEN_AHEAD];
 #pragma unroll
     for (u32 j = 0; j < LP_PEN_AHEAD; ++j) {
@@ -65,9 +65,8 @@ __device__ __forceinline__ void lp_sparse(
         pp[j] = 0u;
         pt[j] = 0u;
         if (k < used) {
-            const u32 i = list[k];
-            pt[j] = tab[1 + 2 * i] - 1u;
-            pp[j] = tab[2 + 2 * i];
+            pt[j] = list[2 * k] - 1u;
+            pp[j] = list[2 * k + 1];
         }
     }
 
@@ -101,9 +100,8 @@ __device__ __forceinline__ void lp_sparse(
         E::put(rowp, pt[j], lp_penalised(y[j], count, rep, freq, pres));
     }
     for (u32 k = tid + LP_PEN_AHEAD * nt; k < used; k += nt) {
-        const u32 i = list[k];
-        const u32 t = tab[1 + 2 * i] - 1u;
-        const u32 packed = tab[2 + 2 * i];
+        const u32 t = list[2 * k] - 1u;
+        const u32 packed = list[2 * k + 1];
         const u32 count = packed >> 1;
         const bool in_prompt = (packed & 1u) != 0u;
         if (count == 0u && !in_prompt) continue;
