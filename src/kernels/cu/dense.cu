@@ -367,12 +367,35 @@ __device__ __forceinline__ LpEnd lp_chunk_stage(const LpRow& r, const u32* keep,
     return lp_chunk_finish<K, MAXV>(r, keep, s, stage, c0, m, mh, false);
 }
 
+// The largest of every thread's `m` in the block, returned to every thread (`red`: a word per
+// warp). Ends with a barrier.
+__device__ __forceinline__ float lp_block_max(float m, float* red) {
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if ((threadIdx.x & 31u) == 0u) red[threadIdx.x >> 5] = m;
+    __syncthreads();
+    float b = red[0];
+    for (u32 w = 1; w < LP_THREADS / 32u; ++w) b = fmaxf(b, red[w]);
+    return b;
+}
+
+// A kept element that survives a cut (not -inf, not NaN), listed in `list` (`*n` of them; at
+// most LP_SURV_BLOCK stored, the count goes on) for a later, higher cut (`lp_dense_once`'s
+// rows that do not wait).
+#define LP_SURV_BLOCK 256u
+
+__device__ __forceinline__ void lp_list_survivor(u32* n, u32* list, u32 t) {
+    const u32 k = atomicAdd(n, 1u);
+    if (k < LP_SURV_BLOCK) list[k] = t;
+}
+
 // Step 3 (rows with min-p): cuts the staged groups at `thr` and stores them. Masked elements
 // hold -inf already (cutting them again is a no-op); a kept element's slot holds its tempered,
-// rounded value y, and from_raw(to_raw(y)) == y for every non-NaN y.
-template <int K, u32 MAXV>
+// rounded value y, and from_raw(to_raw(y)) == y for every non-NaN y. With LIST, the elements
+// left above -inf are listed (`lp_list_survivor`; `c0` the chunk's first token).
+template <int K, u32 MAXV, bool LIST>
 __device__ __forceinline__ void lp_chunk_cut(const LpRow& r, const u32* keep, const LpSpan& s,
-                                             LpVec* stage, float thr) {
+                                             LpVec* stage, float thr, u32 c0, u32* surv_n,
+                                             u32* surv_s) {
     typedef Lp<K> E;
     const u32 VEC = 16 / E::ES;
     const u32 full = (1u << VEC) - 1u;
@@ -392,16 +415,32 @@ __device__ __forceinline__ void lp_chunk_cut(const LpRow& r, const u32* keep, co
             if (E::from_raw(lp_vec_get<E::ES>(q, e)) < thr) lp_vec_set<E::ES>(q, e, neg_raw);
         }
 #endif
+        // Most groups hold -inf only once cut (masked or below the threshold).
+        if (LIST && !(q.w[0] == (u32)E::NEG_INF_WORD && q.w[1] == (u32)E::NEG_INF_WORD &&
+                      q.w[2] == (u32)E::NEG_INF_WORD && q.w[3] == (u32)E::NEG_INF_WORD)) {
+#pragma unroll
+            for (u32 e = 0; e < VEC; ++e) {
+                if (E::from_raw(lp_vec_get<E::ES>(q, e)) > LP_NEG_INF) {
+                    lp_list_survivor(surv_n, surv_s, c0 + s.head + v * VEC + e);
+                }
+            }
+        }
         lp_store_vec(s.body + (size_t)v * 16u, q);
     }
 }
 
-// The thread's end element, cut at `thr` (-inf without min-p) and tempered.
-template <int K>
-__device__ __forceinline__ void lp_chunk_end(const LpRow& r, const LpEnd& end, u32 c0, float thr) {
+// The thread's end element, cut at `thr` (-inf without min-p) and tempered; with LIST, listed
+// if it survives (as in `lp_chunk_cut`).
+template <int K, bool LIST>
+__device__ __forceinline__ void lp_chunk_end(const LpRow& r, const LpEnd& end, u32 c0, float thr,
+                                             u32* surv_n, u32* surv_s) {
     typedef Lp<K> E;
     if (end.kept && r.values) {
-        if (end.y < thr) E::put(r.p, c0 + end.off, LP_NEG_INF);
-        else if (r.temp != 1.0f) E::put(r.p, c0 + end.off, end.y);
+        if (end.y < thr) {
+            E::put(r.p, c0 + end.off, LP_NEG_INF);
+        } else {
+            if (r.temp != 1.0f) E::put(r.p, c0 + end.off, end.y);
+            if (LIST && end.y > LP_NEG_INF) lp_list_survivor(surv_n, surv_s, c0 + end.off);
+        }
     }
 }

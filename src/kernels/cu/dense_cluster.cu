@@ -80,23 +80,16 @@ __device__ __forceinline__ void lp_dense_cluster(
             const LpEnd end = lp_chunk_stage<K, LP_ANY_VECS>(r, keep, s, stage, c0, m, mh);
             float thr = LP_NEG_INF;
             if (r.has_min_p) { // row-uniform
-                m = lp_max_fold<K>(mh, m);
-                for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-                if (lane == 0u) red[tid >> 5] = m;
-                __syncthreads();
-                if (tid == 0u) {
-                    float b = red[0];
-                    for (u32 w = 1; w < LP_THREADS / 32u; ++w) b = fmaxf(b, red[w]);
-                    cmax[parity] = b;
-                }
+                const float mine = lp_block_max(lp_max_fold<K>(mh, m), red);
+                if (tid == 0u) cmax[parity] = mine;
                 lp_cluster_sync();
                 float b = lane < csize ? lp_cluster_load(&cmax[parity], lane) : LP_NEG_INF;
                 for (int o = 16; o > 0; o >>= 1) b = fmaxf(b, __shfl_xor_sync(0xffffffffu, b, o));
                 thr = __fadd_rn(b, r.lnp);
                 parity ^= 1u;
-                lp_chunk_cut<K, LP_ANY_VECS>(r, keep, s, stage, thr);
+                lp_chunk_cut<K, LP_ANY_VECS, false>(r, keep, s, stage, thr, c0, (u32*)0, (u32*)0);
             }
-            lp_chunk_end<K>(r, end, c0, thr);
+            lp_chunk_end<K, false>(r, end, c0, thr, (u32*)0, (u32*)0);
         }
         __syncthreads(); // `keep` and `red` are reused by the next row
     }

@@ -5,10 +5,9 @@
 // entries) and compiles them with NVRTC as one unit.
 
 // `flags` of `lp_dense_once` (src/kernels/cuda.rs `ONCE_*`).
-// Rows with a step mask: every 16-byte group is loaded before the keep mask is built.
-#define LP_ONCE_SPEC 1u
-// The same, and where the step mask is the row's only mask, its words are copied into the
-// keep mask by cp.async beside the chunk's loads (one wait, one barrier).
+// Rows with a step mask: every 16-byte group is loaded before the keep mask is built, and where
+// the step mask is the row's only mask its words are copied into the keep mask by cp.async
+// beside the chunk's loads (one wait, one barrier).
 #define LP_ONCE_SPEC_CP 2u
 // Rows with min-p never wait for the row maximum: a block cuts its chunk at its own maximum's
 // threshold (never above the row's), stores it, lists the chunk's survivors and publishes; the
@@ -16,8 +15,8 @@
 #define LP_ONCE_NOWAIT 8u
 // LP_ONCE_NOWAIT for the rows with a mask only.
 #define LP_ONCE_NOWAIT_MASKED 16u
-// Survivors listed per chunk, and per row (more: the row's last block re-reads the row).
-#define LP_SURV_BLOCK 256u
+// Survivors listed per row (LP_SURV_BLOCK per chunk, dense.cu; more: the row's last block
+// re-reads the row).
 #define LP_SURV_ROW 2048u
 
 // A row maximum as a u32 with the same order (-0 below +0; NaN never reaches it), for
@@ -152,15 +151,7 @@ __device__ __forceinline__ void lp_list_row(u32* keep, float* red, const LpRow& 
                       (!r.srow || ((r.srow[t >> 5] >> (t & 31u)) & 1u));
     const float y = kept ? lp_tempered<K>(r.p, t, r.temp) : LP_NEG_INF;
     float thr = LP_NEG_INF;
-    if (r.has_min_p) {
-        float m = y;
-        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        if ((tid & 31u) == 0u) red[tid >> 5] = m;
-        __syncthreads();
-        float b = red[0];
-        for (u32 w = 1; w < LP_THREADS / 32u; ++w) b = fmaxf(b, red[w]);
-        thr = __fadd_rn(b, r.lnp);
-    }
+    if (r.has_min_p) thr = __fadd_rn(lp_block_max(y, red), r.lnp);
     if (kept) {
         if (y < thr) E::put(r.p, t, LP_NEG_INF);
         else if (r.temp != 1.0f) E::put(r.p, t, y);
@@ -168,56 +159,18 @@ __device__ __forceinline__ void lp_list_row(u32* keep, float* red, const LpRow& 
 }
 
 // LP_ONCE_NOWAIT: a row maximum published without waiting. The chunk (staged, masked and
-// tempered; `b` its maximum) is cut at thr_c = b + ln(min_p), which is never above the row's
-// threshold (rounding is monotonic and b <= the row maximum), so what it cuts is cut for good;
-// what it keeps and is not -inf or NaN (a "survivor") may still fall below the row's threshold
-// and is listed for the row's last block (`surv`, LP_SURV_ROW ids a row; a chunk with more
-// than LP_SURV_BLOCK, or a row that runs out, marks the row to be re-read whole). Then the
-// chunk is published: a fence, the maximum, the arrival (acquire-release), whose old value
-// tells the row's last block (`*last`). `slot`: the row's [max key, arrivals, survivors,
-// overflow]. Ends with a barrier.
-template <int K>
-__device__ __forceinline__ void lp_nowait_chunk(const LpRow& r, const u32* keep, const LpSpan& s,
-                                                LpVec* stage, const LpEnd& end, u32 c0, float b,
-                                                u32* slot, u32 nchunks, u32* surv, u32* surv_n,
-                                                u32* surv_s, u32* last) {
-    typedef Lp<K> E;
-    const u32 VEC = 16 / E::ES;
-    const u32 full = (1u << VEC) - 1u;
+// tempered; `b` its maximum) is cut at thr_c = b + ln(min_p) (`lp_chunk_cut`, `lp_chunk_end`
+// with LIST), which is never above the row's threshold (rounding is monotonic and b <= the
+// row maximum), so what it cuts is cut for good; what it keeps and is not -inf or NaN (a
+// "survivor", `*surv_n` of them in `surv_s`) may still fall below the row's threshold. This
+// step, once the chunk is stored, lists them for the row's last block (`surv`, LP_SURV_ROW
+// ids a row; a chunk with more than LP_SURV_BLOCK, or a row that runs out, marks the row to
+// be re-read whole) and publishes the chunk: a fence, the maximum, the arrival
+// (acquire-release), whose old value tells the row's last block (`*last`). `slot`: the row's
+// [max key, arrivals, survivors, overflow]. Ends with a barrier.
+__device__ __forceinline__ void lp_nowait_publish(float b, u32* slot, u32 nchunks, u32* surv,
+                                                  u32* surv_n, const u32* surv_s, u32* last) {
     const u32 tid = threadIdx.x;
-    const float thr = __fadd_rn(b, r.lnp);
-    for (u32 j = 0; j < LP_VECS; ++j) {
-        const u32 v = tid + j * LP_THREADS;
-        if (v >= s.nvec) break;
-        const u32 bits = r.masked ? lp_keep_bits(keep, s.head + v * VEC, VEC) : full;
-        if (bits == 0u) continue;
-        LpVec q = stage[v];
-        lp_vec_cut<K>(q, thr);
-        // Most groups hold -inf only once cut (masked or below the threshold).
-        const bool none = q.w[0] == (u32)E::NEG_INF_WORD && q.w[1] == (u32)E::NEG_INF_WORD &&
-                          q.w[2] == (u32)E::NEG_INF_WORD && q.w[3] == (u32)E::NEG_INF_WORD;
-        if (!none) {
-#pragma unroll
-            for (u32 e = 0; e < VEC; ++e) {
-                if (E::from_raw(lp_vec_get<E::ES>(q, e)) > LP_NEG_INF) { // not -inf, not NaN
-                    const u32 k = atomicAdd(surv_n, 1u);
-                    if (k < LP_SURV_BLOCK) surv_s[k] = c0 + s.head + v * VEC + e;
-                }
-            }
-        }
-        lp_store_vec(s.body + (size_t)v * 16u, q);
-    }
-    if (end.kept) {
-        if (end.y < thr) {
-            E::put(r.p, c0 + end.off, LP_NEG_INF);
-        } else {
-            if (r.temp != 1.0f) E::put(r.p, c0 + end.off, end.y);
-            if (end.y > LP_NEG_INF) {
-                const u32 k = atomicAdd(surv_n, 1u);
-                if (k < LP_SURV_BLOCK) surv_s[k] = c0 + end.off;
-            }
-        }
-    }
     __syncthreads();
     const u32 n = *surv_n;
     if (tid == 0) {
@@ -337,12 +290,12 @@ __device__ __forceinline__ void lp_dense_once(
             lp_list_row<K>(keep, red, r, gbits, c0, c1);
         } else if (r.masked || r.values) {
             const LpSpan s = lp_span<K>(r.p, c0, c1 - c0);
-            // A row with a step mask (LP_ONCE_SPEC*) has every group loaded before its keep
+            // A row with a step mask (LP_ONCE_SPEC_CP) has every group loaded before its keep
             // mask is known, the mask's words read beside the logits instead of before them (a
             // grammar's mask keeps some token of nearly every group).
-            const bool all = (flags & (LP_ONCE_SPEC | LP_ONCE_SPEC_CP)) && r.srow;
+            const bool all = (flags & LP_ONCE_SPEC_CP) && r.srow;
             if (all) lp_chunk_issue<K, LP_VECS>(r, keep, s, stage, true);
-            if (all && (flags & LP_ONCE_SPEC_CP) && r.head_word == 0u && !gbits) {
+            if (all && r.head_word == 0u && !gbits) {
                 lp_keep_copy(keep, r.srow, c0, c1);
             } else if (r.masked) {
                 lp_build_keep_once(keep, r, gbits, c0, c1);
@@ -352,47 +305,33 @@ __device__ __forceinline__ void lp_dense_once(
             u32 mh;
             const LpEnd end = lp_chunk_finish<K, LP_VECS>(r, keep, s, stage, c0, m, mh, all);
             float thr = LP_NEG_INF;
-            if (nowait) { // block-uniform
-                m = lp_max_fold<K>(mh, m);
-                for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-                if ((tid & 31u) == 0u) red[tid >> 5] = m;
-                if (tid == 0) surv_n = 0u;
-                __syncthreads();
-                float b = red[0];
-                for (u32 w = 1; w < LP_THREADS / 32u; ++w) b = fmaxf(b, red[w]);
-                u32* slot = sync + 2u + 4u * row;
-                lp_nowait_chunk<K>(r, keep, s, stage, end, c0, b, slot, nchunks,
-                                   surv + (size_t)row * LP_SURV_ROW, &surv_n, surv_s, &last_s);
-                if (last_s) {
-                    lp_finalize<K>(r.p, r.lnp, vocab, slot, surv + (size_t)row * LP_SURV_ROW,
-                                   keep, &thr_s);
-                }
-                goto ticket_done;
-            }
             if (r.has_min_p) { // block-uniform
-                m = lp_max_fold<K>(mh, m);
-                for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-                if ((tid & 31u) == 0u) red[tid >> 5] = m;
-                __syncthreads();
-                if (tid == 0) {
-                    float b = red[0];
-                    for (u32 w = 1; w < LP_THREADS / 32u; ++w) b = fmaxf(b, red[w]);
-                    u32* slot = sync + 2u + 4u * row;
-                    // Publish (the maximum, then the arrival, released after it) and wait.
-                    asm volatile("red.relaxed.gpu.global.max.u32 [%0], %1;" ::"l"(slot), "r"(lp_key(b)) : "memory");
-                    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(slot + 1) : "memory");
-                    while (lp_load_acquire(slot + 1) < nchunks) __nanosleep(64);
-                    thr_s = __fadd_rn(lp_unkey(lp_load_relaxed(slot)), r.lnp);
+                if (nowait && tid == 0) surv_n = 0u;
+                const float b = lp_block_max(lp_max_fold<K>(mh, m), red);
+                u32* slot = sync + 2u + 4u * row;
+                if (nowait) {
+                    thr = __fadd_rn(b, r.lnp);
+                    lp_chunk_cut<K, LP_VECS, true>(r, keep, s, stage, thr, c0, &surv_n, surv_s);
+                    lp_chunk_end<K, true>(r, end, c0, thr, &surv_n, surv_s);
+                    u32* row_surv = surv + (size_t)row * LP_SURV_ROW;
+                    lp_nowait_publish(b, slot, nchunks, row_surv, &surv_n, surv_s, &last_s);
+                    if (last_s) lp_finalize<K>(r.p, r.lnp, vocab, slot, row_surv, keep, &thr_s);
+                } else {
+                    if (tid == 0) {
+                        // Publish (the maximum, then the arrival, released after it) and wait.
+                        asm volatile("red.relaxed.gpu.global.max.u32 [%0], %1;" ::"l"(slot), "r"(lp_key(b)) : "memory");
+                        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(slot + 1) : "memory");
+                        while (lp_load_acquire(slot + 1) < nchunks) __nanosleep(64);
+                        thr_s = __fadd_rn(lp_unkey(lp_load_relaxed(slot)), r.lnp);
+                    }
+                    __syncthreads();
+                    thr = thr_s;
+                    if (tid == AHEAD) next = atomicAdd(&sync[0], 1u);
+                    lp_chunk_cut<K, LP_VECS, false>(r, keep, s, stage, thr, c0, (u32*)0, (u32*)0);
                 }
-                __syncthreads();
-                thr = thr_s;
-                if (tid == AHEAD) next = atomicAdd(&sync[0], 1u);
-
-                lp_chunk_cut<K, LP_VECS>(r, keep, s, stage, thr);
             }
-            lp_chunk_end<K>(r, end, c0, thr);
+            if (!nowait) lp_chunk_end<K, false>(r, end, c0, thr, (u32*)0, (u32*)0);
         }
-    ticket_done:
         if (tid == AHEAD) {
             ticket_s[cur ^ 1u] = next;
             if (next < total) lp_row_words(words_s[cur ^ 1u], next / nchunks, keep_t, keep_w, smask, sactive, temps, minps);
