@@ -249,6 +249,24 @@ impl Error {
     }
 }
 
+/// `e` and its sources, `: `-separated, outermost first (what `anyhow`'s `{:#}` prints): the
+/// one line a command-line tool reports. Costs one string.
+///
+/// ```
+/// let e = std::io::Error::other("disk full");
+/// assert_eq!(qwen2_prefill::report(&e), "disk full");
+/// ```
+pub fn report(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// Returns `Err(error)` unless `cond` holds (the crate's `ensure!`, without `anyhow`).
 macro_rules! ensure {
     ($cond:expr, $err:expr $(,)?) => {

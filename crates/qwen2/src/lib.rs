@@ -54,7 +54,7 @@ mod weights;
 
 pub use attention::{DEFAULT_QUERY_CHUNK, SCORE_BUDGET};
 pub use config::Config;
-pub use error::{Error, Result};
+pub use error::{report, Error, Result};
 pub use gguf::GgufLinears;
 pub use linear::Linear;
 pub use model::{ForwardPath, Qwen2};

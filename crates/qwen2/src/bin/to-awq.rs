@@ -52,20 +52,8 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("to-awq: error: {}", report(&*e));
+            eprintln!("to-awq: error: {}", qwen2_prefill::report(&*e));
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its sources, `: `-separated (what `anyhow`'s `{:#}` prints).
-fn report(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
