@@ -12,10 +12,11 @@
 //! repetition 1.1 / frequency 0.2 / presence 0.1 penalties over a 512-token prompt and 128
 //! output tokens, temperature 0.8, min-p 0.05.
 //!
-//! Method: buffers are rotated so that their total exceeds L2; each figure is the median of 9
-//! repeats of `n` back-to-back calls timed with CUDA events (`n` sized for ≈3 ms per repeat),
-//! after warm-up. Configurations with a bitmask set it (for every row) before each call, as an
-//! engine does each step.
+//! Method: every configuration starts from fresh random logits (normal, σ = 3), in buffers
+//! rotated so that their total exceeds L2; each figure is the median of 9 repeats of `n`
+//! back-to-back calls timed with CUDA events (`n` sized for ≈3 ms per repeat), after warm-up,
+//! printed with the host's time per call to issue them. Configurations with a bitmask set it
+//! (for every row) before each call, as an engine does each step.
 //!
 //! `LP_BENCH_ONLY=<text>` runs only the configurations whose label contains the text (for a
 //! profiler such as `ncu`); `LOGITS_PROCESSORS_ONCE=<n>` overrides the dense kernel's options
@@ -43,26 +44,34 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median over `REPEATS` of the per-call device time (µs) of `n` back-to-back calls of `f`.
-fn time_events(stream: &Arc<CudaStream>, mut f: impl FnMut(usize)) -> f64 {
+/// Median over `REPEATS` of the per-call device time (µs) of `n` back-to-back calls of `f`,
+/// and of the host's time per call to issue them (when it is not below the device time, the
+/// figure is the host's).
+fn time_events(stream: &Arc<CudaStream>, mut f: impl FnMut(usize)) -> (f64, f64) {
     let ctx = stream.context();
     let event = || {
         ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
             .unwrap()
     };
     let (start, end) = (event(), event());
-    let mut run = |n: usize, i0: usize| -> f64 {
+    let mut run = |n: usize, i0: usize| -> (f64, f64) {
         start.record(stream).unwrap();
+        let t = Instant::now();
         for i in 0..n {
             f(i0 + i);
         }
+        let host = t.elapsed().as_secs_f64() * 1e6 / n as f64;
         end.record(stream).unwrap();
-        f64::from(start.elapsed_ms(&end).unwrap()) * 1000.0 / n as f64
+        (
+            f64::from(start.elapsed_ms(&end).unwrap()) * 1000.0 / n as f64,
+            host,
+        )
     };
     run(10, 0);
-    let estimate = run(10, 10);
+    let estimate = run(10, 10).0;
     let n = ((3000.0 / estimate.max(0.5)) as usize).clamp(10, 2000);
-    median((0..REPEATS).map(|r| run(n, r * n)).collect())
+    let (device, host): (Vec<f64>, Vec<f64>) = (0..REPEATS).map(|r| run(n, r * n)).unzip();
+    (median(device), median(host))
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -205,19 +214,25 @@ fn main() {
     for dtype in DTYPES {
         let bytes = BATCH * VOCAB * dtype.size_in_bytes();
         let nbuf = ROTATE_BYTES.div_ceil(bytes).clamp(2, 64);
-        let logits: Vec<Tensor> = (0..nbuf)
-            .map(|_| {
-                Tensor::randn(0f32, 3., (BATCH, VOCAB), &device)
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap()
-            })
-            .collect();
+        // Fresh logits for every configuration: an apply changes them in place (masked tokens
+        // become -inf, tempered ones grow), and a configuration must not run on what the
+        // previous one left (dividing -inf takes the division's slow path, for one).
+        let fresh = || -> Vec<Tensor> {
+            (0..nbuf)
+                .map(|_| {
+                    Tensor::randn(0f32, 3., (BATCH, VOCAB), &device)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap()
+                })
+                .collect()
+        };
         let mut results = Vec::new();
         for (label, kinds) in &configs {
+            let logits = fresh();
             let (mut p, _outs) = admitted(kinds, &device);
             let has_mask = kinds.contains(&Bitmask);
-            let t = time_events(&stream, |i| {
+            let (t, host) = time_events(&stream, |i| {
                 if has_mask {
                     p.token_bitmask_mut()
                         .unwrap()
@@ -226,9 +241,8 @@ fn main() {
                 }
                 p.apply(&logits[i % nbuf]).unwrap();
             });
-            results.push((label.to_string(), t));
+            results.push((label.to_string(), t, host));
         }
-        drop(logits);
         let host: Vec<u8> = (0..bytes).map(|j| (j * 31 + j / 4093) as u8).collect();
         let src: Vec<CudaSlice<u8>> = (0..nbuf)
             .map(|_| stream.clone_htod(&host).unwrap())
@@ -236,19 +250,20 @@ fn main() {
         let mut dst: Vec<CudaSlice<u8>> = (0..nbuf)
             .map(|_| stream.alloc_zeros::<u8>(bytes).unwrap())
             .collect();
-        let copy = time_events(&stream, |i| {
+        let (copy, _) = time_events(&stream, |i| {
             stream
                 .memcpy_dtod(&src[i % nbuf], &mut dst[(i + 1) % nbuf])
                 .unwrap()
         });
         drop((src, dst));
-        for (label, t) in &results {
+        for (label, t, host) in &results {
             println!(
-                "{:>4} {label}: {t:.2} µs ({:.2}x d2d copy {copy:.2} µs)",
+                "{:>4} {label}: {t:.2} µs ({:.2}x d2d copy {copy:.2} µs; host {host:.2} µs a call)",
                 dtype_name(dtype),
                 t / copy
             );
         }
+        let results: Vec<(String, f64)> = results.into_iter().map(|(l, t, _)| (l, t)).collect();
         table.push((dtype, copy, results));
     }
 

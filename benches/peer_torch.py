@@ -17,8 +17,9 @@ on the GPU (the host-side bookkeeping vLLM also does is not timed):
 Workload as in benches/gpu.rs: 3 allowed ids, a random bitmask, 16 bias entries, 2 stop ids + EOS,
 prompt 512 and output 128 tokens per row, temperature 0.8, min-p 0.05.
 
-Timing: buffers rotated past L2, warm-up, the median of 9 repeats of n back-to-back calls timed
-with torch.cuda.Event (n sized for about 3 ms per repeat); `dst.copy_(src)` as the floor.
+Timing: fresh random logits for every op, buffers rotated past L2, warm-up, the median of 9
+repeats of n back-to-back calls timed with torch.cuda.Event (n sized for about 3 ms per
+repeat); `dst.copy_(src)` as the floor.
 
 Run: python3 benches/peer_torch.py
 """
@@ -156,8 +157,10 @@ def main():
         esize = torch.tensor([], dtype=dtype).element_size()
         nbytes = BATCH * VOCAB * esize
         nbuf = max(2, min(64, -(-ROTATE_BYTES // nbytes)))
-        bufs = [(torch.randn(BATCH, VOCAB, device=dev) * 3).to(dtype) for _ in range(nbuf)]
+        # Fresh logits for every op, as in benches/gpu.rs (an op changes them in place).
+        fresh = lambda: [(torch.randn(BATCH, VOCAB, device=dev) * 3).to(dtype) for _ in range(nbuf)]
         for label, op in ops:
+            bufs = fresh()
             t = time_events(lambda i, op=op: op(s, bufs[i % nbuf]))
             rows.append((str(dtype)[6:], label, t))
         dst = [torch.empty_like(b) for b in bufs]

@@ -478,6 +478,90 @@ fn temperature_matches_the_cpu_on_every_16_bit_logit() {
     }
 }
 
+/// Temperature (alone, and before MinP) on f32 logits of random bit patterns (every exponent,
+/// subnormals, zeros, infinities and NaNs among them), one row per temperature: the kernels
+/// divide in-range elements by a hoisted reciprocal, the others by `__fdiv_rn`; CUDA must give
+/// the CPU's bits either way, NaN on both sides aside.
+#[test]
+fn temperature_matches_the_cpu_on_f32_logits_of_every_exponent() {
+    let gpu = Device::new_cuda(0).expect("a CUDA device");
+    let temps = [
+        0.8f32, 0.7, 0.5, 1.3, 1.5, 2.0, 0.1, 3.3, 0.55, 7.1, 0.999, 1.0001, 1e-3, 1e-6, 1e4,
+        1e-30, 9.6e-7, 1.05e6, 1e30, 0.3333333,
+    ];
+    let vocab = 1usize << 16;
+    let mut rng = StdRng::seed_from_u64(4242);
+    for with_min_p in [false, true] {
+        let [mut cpu, mut dev] = [Device::Cpu, gpu.clone()].map(|device| {
+            let c = ProcessorConfig::builder()
+                .max_batch_size(temps.len())
+                .vocab_size(vocab)
+                .device(device)
+                .build()
+                .unwrap();
+            let mut b = Pipeline::builder(&c).with(Temperature::new(&c).unwrap());
+            if with_min_p {
+                b = b.with(MinP::new(&c).unwrap());
+            }
+            b.build().unwrap()
+        });
+        let mut changes = BatchUpdateBuilder::new();
+        for (row, &t) in temps.iter().enumerate() {
+            let mut p = RequestParams::new().with_temperature(t);
+            if with_min_p {
+                p = p.with_min_p(1e-30);
+            }
+            changes.add(row, Arc::new(p));
+        }
+        let update = changes.build(temps.len()).cloned();
+        cpu.update_state(update.as_ref()).unwrap();
+        dev.update_state(update.as_ref()).unwrap();
+        // Half the rows random bits, half values around the logits' usual range.
+        let bits: Vec<u32> = (0..temps.len() * vocab)
+            .map(|i| {
+                if (i / vocab).is_multiple_of(2) {
+                    rng.random::<u32>()
+                } else {
+                    (rng.random::<f32>() * 40.0 - 20.0).to_bits()
+                }
+            })
+            .collect();
+        let host = Tensor::from_vec(
+            bits.iter()
+                .map(|&b| f32::from_bits(b))
+                .collect::<Vec<f32>>(),
+            (temps.len(), vocab),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let on_cpu = host.copy().unwrap();
+        let on_gpu = host.to_device(&gpu).unwrap();
+        cpu.apply(&on_cpu).unwrap();
+        dev.apply(&on_gpu).unwrap();
+        let want = on_cpu.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = on_gpu
+            .to_device(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut changed = 0usize;
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            assert!(
+                w.to_bits() == g.to_bits() || (w.is_nan() && g.is_nan()),
+                "min-p {with_min_p} temperature {}: {:#010x}: cuda {:#010x} cpu {:#010x}",
+                temps[i / vocab],
+                bits[i],
+                g.to_bits(),
+                w.to_bits()
+            );
+            changed += usize::from(w.to_bits() != bits[i]);
+        }
+        assert!(changed > vocab, "the temperatures changed almost nothing");
+    }
+}
+
 /// Penalty counts piled up over many steps without an apply (so that the count log is
 /// processed on its own, and the tables grow) match the CPU, read back and applied.
 #[test]

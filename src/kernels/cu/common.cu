@@ -241,3 +241,80 @@ template <int K> __device__ __forceinline__ void lp_vec_cut(LpVec& q, float thr)
     }
 }
 
+// Temperature: x / t correctly rounded (`__fdiv_rn`), then rounded to the logits' type. The
+// division is the one `__fdiv_rn` performs on its fast path (a reciprocal refined once, a
+// product and one correction), with the reciprocal's part hoisted out of the row: `lp_recip`
+// per row, `lp_div` per element. That path is exact where neither operand nor any
+// intermediate leaves the normal range, which holds for 2^-20 <= t < 2^20 (else `lp_recip`
+// returns 0: the row takes `__fdiv_rn`) and 2^-100 <= |x| < 2^100; ±0 and ±inf are their own
+// quotient (`lp_div_ok`: other elements, NaNs included, take `__fdiv_rn`).
+__device__ __forceinline__ float lp_recip(float t) {
+    const u32 e = (__float_as_uint(t) >> 23) & 0xffu; // t > 0: the sign bit is clear
+    if (!(t > 0.0f) || e < 127u - 20u || e >= 127u + 20u) return 0.0f;
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(t));
+    return __fmaf_rn(r, __fmaf_rn(r, -t, 1.0f), r);
+}
+
+// x / t for t > 0 (±0 and ±inf stay themselves).
+__device__ __forceinline__ float lp_div(float x, float t, float r) {
+    const float q = __fmul_rn(x, r);
+    const float y = __fmaf_rn(r, __fmaf_rn(-q, t, x), q);
+    return x == 0.0f || fabsf(x) == __int_as_float(0x7f800000) ? x : y;
+}
+
+// Whether f32 bits `b` are a number `lp_div` handles (2^-100 <= |x| < 2^100, ±0, ±inf).
+__device__ __forceinline__ bool lp_div_ok(u32 b) {
+    const u32 a = b & 0x7fffffffu;
+    return ((b >> 23) & 0xffu) - (127u - 100u) < 200u || a == 0u || a == 0x7f800000u;
+}
+
+// Two f32 rounded to the logits' 16-bit type, packed (`hi` in the upper half); not for NaNs
+// (their bits are not kept).
+template <int K> __device__ __forceinline__ u32 lp_pack2(float hi, float lo) {
+    u32 w;
+#if __CUDA_ARCH__ >= 800
+    if (K == 1) asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(w) : "f"(hi), "f"(lo));
+    else asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(w) : "f"(hi), "f"(lo));
+#else
+    w = (u32)Lp<K>::to_raw(lo) | ((u32)Lp<K>::to_raw(hi) << 16);
+#endif
+    return w;
+}
+
+// Tempers every element of `q` (raw bits in, rounded raw bits out) by `lp_div`, two 16-bit
+// elements rounded by one packing conversion; false, with `q` unchanged, where some element
+// (or the row: `r` == 0) needs `__fdiv_rn`.
+template <int K>
+__device__ __forceinline__ bool lp_vec_temper(LpVec& q, float t, float r) {
+    if (r == 0.0f) return false;
+    if (K == 0) {
+        bool ok = true;
+#pragma unroll
+        for (u32 i = 0; i < 4u; ++i) ok &= lp_div_ok(q.w[i]);
+        if (!ok) return false;
+#pragma unroll
+        for (u32 i = 0; i < 4u; ++i) q.w[i] = __float_as_uint(lp_div(__uint_as_float(q.w[i]), t, r));
+        return true;
+    }
+    float lo[4], hi[4];
+    bool ok = true;
+#pragma unroll
+    for (u32 i = 0; i < 4u; ++i) {
+        const u32 w = q.w[i];
+        if (K == 1) {
+            // Every f16 but NaN is in range (subnormals and infinities included).
+            ok &= (w & 0x7fffu) <= 0x7c00u && ((w >> 16) & 0x7fffu) <= 0x7c00u;
+            lo[i] = lp_f16_to_f32((u16)(w & 0xffffu));
+            hi[i] = lp_f16_to_f32((u16)(w >> 16));
+        } else {
+            ok &= lp_div_ok(w << 16) && lp_div_ok(w & 0xffff0000u);
+            lo[i] = __uint_as_float(w << 16);
+            hi[i] = __uint_as_float(w & 0xffff0000u);
+        }
+    }
+    if (!ok) return false;
+#pragma unroll
+    for (u32 i = 0; i < 4u; ++i) q.w[i] = lp_pack2<K>(lp_div(hi[i], t, r), lp_div(lo[i], t, r));
+    return true;
+}

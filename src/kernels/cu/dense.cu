@@ -42,6 +42,7 @@ struct LpRow {
     const u32* srow;  // its step-mask words, or null
     u32 head_word;    // entry[0]: 0 = no keep set, LP_KEEP_BITMASK = bitmask, else list length
     float temp;
+    float rcp;        // `lp_recip(temp)` with a temperature (0: `__fdiv_rn` only)
     float lnp;        // ln(min_p), -inf without min-p
     bool has_min_p;
     bool values;      // temperature or min-p: kept logits are read and rewritten
@@ -59,6 +60,7 @@ __device__ __forceinline__ LpRow lp_row(char* logits, u32 row, u32 vocab, const 
     const bool stepped = smask && sactive[row] != 0u;
     r.srow = stepped ? smask + (size_t)row * ((vocab + 31u) >> 5) : (const u32*)0;
     r.temp = temps ? __uint_as_float(temps[row]) : 1.0f;
+    r.rcp = r.temp != 1.0f ? lp_recip(r.temp) : 0.0f;
     r.lnp = minps ? __uint_as_float(minps[row]) : LP_NEG_INF;
     r.has_min_p = r.lnp != LP_NEG_INF;
     r.values = r.temp != 1.0f || r.has_min_p;
@@ -203,6 +205,12 @@ __device__ __forceinline__ void lp_dense(
                 lp_store16(p, E::NEG_INF_WORD);
             } else if (bits != full || values) {
                 LpVec q = lp_load_vec(p);
+                if (temp != 1.0f && lp_vec_temper<K>(q, temp, r.rcp)) { // row-uniform test first
+                    if (bits != full) lp_vec_mask<K>(q, bits);
+                    if (r.has_min_p) lp_vec_cut<K>(q, thr);
+                    lp_store_vec(p, q);
+                    continue;
+                }
 #pragma unroll
                 for (u32 e = 0; e < VEC; ++e) {
                     if (!((bits >> e) & 1u)) {
@@ -252,6 +260,11 @@ __device__ __forceinline__ bool lp_stage_group(LpVec& q, u32 bits, const LpRow& 
         return bits != full;
     }
 #endif
+    if (lp_vec_temper<K>(q, r.temp, r.rcp)) { // a temperature: r.rcp != 0
+        if (bits != full) lp_vec_mask<K>(q, bits);
+        if (r.has_min_p) lp_vec_max<K>(mh, m, q);
+        return true;
+    }
     if (bits != full || r.temp != 1.0f) {
         const u32 neg_raw = E::to_raw(LP_NEG_INF);
 #pragma unroll

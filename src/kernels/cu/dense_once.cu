@@ -63,6 +63,7 @@ __device__ __forceinline__ LpRow lp_row_of(char* logits, u32 row, u32 vocab, con
     r.entry = r.head_word != 0u ? keep_t + (size_t)row * keep_w : (const u32*)0;
     r.srow = w[1] != 0u ? smask + (size_t)row * ((vocab + 31u) >> 5) : (const u32*)0;
     r.temp = __uint_as_float(w[2]);
+    r.rcp = r.temp != 1.0f ? lp_recip(r.temp) : 0.0f;
     r.lnp = __uint_as_float(w[3]);
     r.has_min_p = r.lnp != LP_NEG_INF;
     r.values = r.temp != 1.0f || r.has_min_p;
