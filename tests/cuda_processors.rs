@@ -635,6 +635,93 @@ fn penalty_counts_drained_between_applies_match_the_cpu() {
     }
 }
 
+/// Penalties with min-p (which fold them into the dense pass on CUDA) over long prompts and
+/// outputs: hundreds of penalised tokens in every chunk of a row (more than the dense kernel
+/// copies into shared memory, so that it reads the rest where they are), with and without a
+/// grammar mask and a logit bias on some of the same tokens, in every dtype, at a small and at
+/// the real vocabulary size: CUDA must give the CPU's bits.
+#[test]
+fn penalties_over_long_prompts_match_the_cpu() {
+    let gpu = Device::new_cuda(0).expect("a CUDA device");
+    for (vocab, rows, prompt_len) in [(4096usize, 6usize, 3000usize), (151_936, 3, 20_000)] {
+        for dtype in DTYPES {
+            let mut rng = StdRng::seed_from_u64(vocab as u64 + dtype.size_in_bytes() as u64);
+            let [mut cpu, mut dev] = [Device::Cpu, gpu.clone()].map(|device| {
+                let c = ProcessorConfig::builder()
+                    .max_batch_size(rows)
+                    .vocab_size(vocab)
+                    .device(device)
+                    .build()
+                    .unwrap();
+                Pipeline::builder(&c)
+                    .with(TokenBitmask::new(&c).unwrap())
+                    .with(LogitBias::new(&c).unwrap())
+                    .with(Penalties::new(&c).unwrap())
+                    .with(MinP::new(&c).unwrap())
+                    .build()
+                    .unwrap()
+            });
+            let mut changes = BatchUpdateBuilder::new();
+            for row in 0..rows {
+                let prompt: Vec<u32> = (0..prompt_len)
+                    .map(|_| rng.random_range(0..vocab as u32))
+                    .collect();
+                let out: Vec<u32> = (0..300)
+                    .map(|_| rng.random_range(0..vocab as u32))
+                    .collect();
+                let bias: Vec<(u32, f32)> = prompt[..40].iter().map(|&t| (t, 0.75)).collect();
+                let params = RequestParams::new()
+                    .with_logit_bias(bias)
+                    .with_repetition_penalty(1.2)
+                    .with_frequency_penalty(0.3)
+                    .with_presence_penalty(0.1)
+                    .with_min_p(0.02);
+                changes
+                    .add(row, Arc::new(params))
+                    .with_prompt(prompt)
+                    .with_output_tokens(OutputTokens::from(out));
+            }
+            let update = changes.build(rows).cloned();
+            cpu.update_state(update.as_ref()).unwrap();
+            dev.update_state(update.as_ref()).unwrap();
+            // A grammar mask on every other row.
+            let words = vocab.div_ceil(32);
+            let mask: Vec<u32> = (0..rows * words).map(|_| rng.random::<u32>()).collect();
+            let masked: Vec<usize> = (0..rows).step_by(2).collect();
+            cpu.token_bitmask_mut()
+                .unwrap()
+                .set_host(&mask, &masked)
+                .unwrap();
+            let mask_dev = Tensor::from_vec(mask, (rows, words), &gpu).unwrap();
+            dev.token_bitmask_mut()
+                .unwrap()
+                .set_tensor(&mask_dev, &masked)
+                .unwrap();
+            let values: Vec<f32> = (0..rows * vocab)
+                .map(|_| rng.random_range(-4.0f32..4.0))
+                .collect();
+            let host = Tensor::from_vec(values, (rows, vocab), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let on_gpu = host.to_device(&gpu).unwrap();
+            cpu.apply(&host).unwrap();
+            dev.apply(&on_gpu).unwrap();
+            let (want, got) = (to_host(&host), to_host(&on_gpu));
+            let kept = want.iter().filter(|w| **w > f32::NEG_INFINITY).count();
+            assert!(kept > rows, "{vocab} {dtype:?}: min-p kept almost nothing");
+            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                assert!(
+                    same(*w, *g),
+                    "{vocab} {dtype:?} row {} token {}: cuda {g} cpu {w}",
+                    i / vocab,
+                    i % vocab
+                );
+            }
+        }
+    }
+}
+
 /// Min-p on rows where most tokens survive their chunk's own cut (flat, nearly flat, and
 /// several peaks in different chunks; with and without a temperature and a grammar mask), at
 /// the real vocabulary size, match the CPU: the rows whose survivors overflow the kernel's list

@@ -92,12 +92,19 @@ const ONCE_PDL: u32 = 4;
 const ONCE_NOWAIT: u32 = 8;
 /// The kernel's `LP_ONCE_NOWAIT_MASKED`: `ONCE_NOWAIT` for the rows with a mask only.
 const ONCE_NOWAIT_MASKED: u32 = 16;
+/// Host and kernels: folded penalties. In a launch whose dense phase is `lp_dense_once`, the
+/// rows it stages whole (min-p, no keep list) are penalised there, on their chunks in shared
+/// memory: `lp_sparse` sorts each such row's penalty entries by chunk into a fold list instead
+/// of reading and writing every penalised logit at random (see `lp_fold_row` in cu/sparse.cu).
+const ONCE_FOLD: u32 = 32;
+/// The kernel's `LP_FOLD_MAX_CHUNKS`: the most chunks a row may have for folded penalties.
+const FOLD_MAX_CHUNKS: u32 = 256;
 /// The kernel's `LP_SURV_ROW`: survivors listed per row per launch.
 const SURV_ROW: usize = 2048;
 /// The options used unless `ONCE_ENV` says otherwise: each measured faster on the H100 at batch
 /// 256 (docs/benchmarks.md, run 14), `ONCE_NOWAIT` for masked rows only (rows without a mask
 /// measured slower with it in f16 and bf16).
-const ONCE_DEFAULT: u32 = ONCE_SPEC_CP | ONCE_PDL | ONCE_NOWAIT_MASKED;
+const ONCE_DEFAULT: u32 = ONCE_SPEC_CP | ONCE_PDL | ONCE_NOWAIT_MASKED | ONCE_FOLD;
 
 macro_rules! arg {
     ($x:expr) => {
@@ -378,7 +385,10 @@ struct Kernels {
     dense: [CudaFunction; 3],
     /// `lp_dense_once_{f32,f16,bf16}`.
     once: [CudaFunction; 3],
-    /// Blocks of `lp_dense_once_*` the device holds at once (occupancy times SMs).
+    /// `lp_dense_once_fold_{f32,f16,bf16}` (the same with folded penalties, `ONCE_FOLD`).
+    once_fold: [CudaFunction; 3],
+    /// Blocks of `lp_dense_once_*` (and of `_fold_*`) the device holds at once (occupancy
+    /// times SMs, the smaller of the two).
     once_resident: [u32; 3],
     /// `ONCE_*` options (`ONCE_ENV`, else `ONCE_DEFAULT`).
     once_flags: u32,
@@ -528,6 +538,9 @@ static SYNC: Mutex<Vec<(DeviceId, CudaSlice<u32>)>> = Mutex::new(Vec::new());
 /// Per device, the survivor lists of `lp_dense_once` with `ONCE_NOWAIT` (grow-only; each
 /// launch writes what it reads).
 static SURV: Mutex<Vec<(DeviceId, CudaSlice<u32>)>> = Mutex::new(Vec::new());
+/// Per device, the fold lists of `ONCE_FOLD` (grow-only; each `lp_sparse` launch writes what
+/// its `lp_dense_once` reads).
+static FOLD: Mutex<Vec<(DeviceId, CudaSlice<u32>)>> = Mutex::new(Vec::new());
 
 /// The position in `cache` of device `id`'s scratch buffer with at least `need` elements,
 /// allocated zeroed (rounded up to a power of two, replacing the device's smaller one) when
@@ -605,9 +618,14 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
         load("lp_dense_once_f16")?,
         load("lp_dense_once_bf16")?,
     ];
+    let once_fold = [
+        load("lp_dense_once_fold_f32")?,
+        load("lp_dense_once_fold_f16")?,
+        load("lp_dense_once_fold_bf16")?,
+    ];
     let sms = sms.max(1) as u32;
-    let mut once_resident = [0u32; 3];
-    for (r, f) in once_resident.iter_mut().zip(&once) {
+    let mut once_resident = [u32::MAX; 3];
+    for (i, f) in once.iter().chain(&once_fold).enumerate() {
         // Its chunk lives in shared memory: ask for the largest shared part of L1 (its loads
         // bypass L1).
         f.set_attribute(
@@ -615,10 +633,11 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
             100,
         )
         .w()?;
-        *r = f
+        let r = f
             .occupancy_max_active_blocks_per_multiprocessor(ONCE_THREADS, 0, None)
             .w()?
             * sms;
+        once_resident[i % 3] = once_resident[i % 3].min(r);
     }
     let mut cluster_smem = [0u32; 3];
     let cluster_sizes: Vec<u32> = match std::env::var(CLUSTER_ENV).ok().as_deref() {
@@ -680,6 +699,7 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
             load("lp_dense_bf16")?,
         ],
         once,
+        once_fold,
         once_resident,
         once_flags: std::env::var(ONCE_ENV)
             .ok()
@@ -825,6 +845,43 @@ pub(crate) fn run(
     let mut logits = base + (start * elem_size) as u64;
     let mut guards = Guards::new();
 
+    // The dense launch is chosen first: with folded penalties, the sparse launch prepares it.
+    let gmask = op.ids.filter(|a| a.mode == IdsMode::Mask).map(|a| a.bits);
+    let dense = op.keep.is_some()
+        || gmask.is_some()
+        || op.step_mask.is_some()
+        || op.temperature.is_some()
+        || op.min_p.is_some();
+    let chunk = chunk_for(batch, vocab, elem_size, k.sms);
+    let cluster = op
+        .min_p
+        .filter(|_| dense && (k.cluster_always || op.temperature.is_some()))
+        .and_then(|_| k.cluster_plan(which, vocab32, elem_size, &stream));
+    let once = op
+        .min_p
+        .filter(|_| cluster.is_none())
+        .and_then(|_| once_chunk(chunk, vocab32, elem_size, k.once_resident[which]))
+        .filter(|&c| batch32.checked_mul(vocab32.div_ceil(c)).is_some());
+    let (mut keep, mut keep_w) = guards.table(op.keep, &stream)?;
+    let (mut minps, _) = guards.table(op.min_p, &stream)?;
+    let (mut pen_params, _) = guards.table(op.penalties.map(|p| p.params), &stream)?;
+    // Folded penalties (`ONCE_FOLD`): each row's list is its chunks' first entries (and the
+    // end), padded to an even length, then two words per entry of its penalty table's list.
+    let (mut fold, mut fold_stride) = (0u64, 0u32);
+    let mut once_chunk_arg = 0u32;
+    let mut once_nchunks = 0u32;
+    if let (Some(c), Some(p)) = (once, op.penalties) {
+        once_chunk_arg = c;
+        once_nchunks = vocab32.div_ceil(c);
+        if k.once_flags & ONCE_FOLD != 0 && once_nchunks <= FOLD_MAX_CHUNKS {
+            fold_stride = ((once_nchunks + 2) & !1) + 2 * (p.counts.w() as u32 / 2);
+            let mut cache = FOLD.lock().unwrap_or_else(|e| e.into_inner());
+            let pos = scratch(&mut cache, dev.id(), &stream, batch * fold_stride as usize)?;
+            // The stream orders the two launches; the buffer outlives them (static, grow-only).
+            fold = cache[pos].1.device_ptr_mut(&stream).0;
+        }
+    }
+
     // Sparse phase.
     let mut sparse_launched = false;
     let boost = match op.ids {
@@ -864,9 +921,8 @@ pub(crate) fn run(
             }
             None => (0, 0, 0, 0),
         };
-        let (mut pen_params, _) = guards.table(op.penalties.map(|p| p.params), &stream)?;
         let mut vocab_arg = vocab32;
-        let mut params: [*mut c_void; 17] = [
+        let mut params: [*mut c_void; 24] = [
             arg!(logits),
             arg!(vocab_arg),
             arg!(b0),
@@ -884,6 +940,13 @@ pub(crate) fn run(
             arg!(pen_params),
             arg!(pen_log_ptr),
             arg!(pen_slots),
+            arg!(fold),
+            arg!(fold_stride),
+            arg!(once_chunk_arg),
+            arg!(once_nchunks),
+            arg!(minps),
+            arg!(keep),
+            arg!(keep_w),
         ];
         launch(&k.sparse[which], &stream, (batch32, 1, 1), &mut params)?;
         if let Some(p) = op.penalties {
@@ -893,22 +956,13 @@ pub(crate) fn run(
     }
 
     // Dense phase.
-    let gmask = op.ids.filter(|a| a.mode == IdsMode::Mask).map(|a| a.bits);
-    if op.keep.is_none()
-        && gmask.is_none()
-        && op.step_mask.is_none()
-        && op.temperature.is_none()
-        && op.min_p.is_none()
-    {
+    if !dense {
         return Ok(());
     }
-    let chunk = chunk_for(batch, vocab, elem_size, k.sms);
     let nchunks = vocab32.div_ceil(chunk);
     let grid = (nchunks, batch32.min(65_535), 1);
-    let (mut keep, mut keep_w) = guards.table(op.keep, &stream)?;
     let (mut gbits, _) = guards.table(gmask, &stream)?;
     let (mut temps, _) = guards.table(op.temperature, &stream)?;
-    let (mut minps, _) = guards.table(op.min_p, &stream)?;
     let (mut sactive, _) = guards.table(op.step_mask.map(|m| m.active()), &stream)?;
     let mut smask = 0u64;
     let mut _smask_guard = None;
@@ -939,11 +993,7 @@ pub(crate) fn run(
         None => {}
     }
     let (mut batch_arg, mut vocab_arg) = (batch32, vocab32);
-    if let Some(plan) = op
-        .min_p
-        .filter(|_| k.cluster_always || op.temperature.is_some())
-        .and_then(|_| k.cluster_plan(which, vocab32, elem_size, &stream))
-    {
+    if let Some(plan) = cluster {
         let funcs = k.cluster.as_ref().expect("a plan implies the kernels");
         let mut slice_arg = plan.slice;
         let mut params: [*mut c_void; 11] = [
@@ -981,10 +1031,6 @@ pub(crate) fn run(
         }
         .w();
     }
-    let once = op
-        .min_p
-        .and_then(|_| once_chunk(chunk, vocab32, elem_size, k.once_resident[which]))
-        .filter(|&c| batch32.checked_mul(vocab32.div_ceil(c)).is_some());
     if let Some(chunk) = once {
         let nchunks = vocab32.div_ceil(chunk);
         let tickets = batch32 * nchunks;
@@ -1002,7 +1048,7 @@ pub(crate) fn run(
         }
         let (mut chunk_arg, mut nchunks_arg) = (chunk, nchunks);
         let mut flags = k.once_flags & (ONCE_SPEC_CP | ONCE_NOWAIT | ONCE_NOWAIT_MASKED);
-        let mut params: [*mut c_void; 15] = [
+        let mut params: [*mut c_void; 18] = [
             arg!(logits),
             arg!(batch_arg),
             arg!(vocab_arg),
@@ -1018,20 +1064,29 @@ pub(crate) fn run(
             arg!(nchunks_arg),
             arg!(flags),
             arg!(surv),
+            arg!(fold),
+            arg!(fold_stride),
+            arg!(pen_params),
         ];
         let blocks = tickets.min(k.once_resident[which]).max(1);
+        let func = if fold != 0 {
+            &k.once_fold[which]
+        } else {
+            &k.once[which]
+        };
         if sparse_launched && k.pdl && k.once_flags & ONCE_PDL != 0 {
             let mut attr = [pdl_attribute()];
             let cfg = launch_config((blocks, 1, 1), 0, &stream, &mut attr);
             stream.context().bind_to_thread().w()?;
-            // SAFETY: `params` matches `lp_dense_once_*` in cu/entries.cu, every pointer in it
-            // and `cfg`'s attribute are live for the call, and the kernel stays inside the logits
-            // and the tables it is given; it reads the logits only after `griddepcontrol.wait`,
-            // that is, after `lp_sparse` has completed.
+            // SAFETY: `params` matches `lp_dense_once_*` and `lp_dense_once_fold_*` in
+            // cu/entries.cu, every pointer in it and `cfg`'s attribute are live for the call, and
+            // the kernel stays inside the logits and the tables it is given; it reads the logits
+            // (and the fold lists) only after `griddepcontrol.wait`, that is, after `lp_sparse`
+            // has completed.
             return unsafe {
                 sys::cuLaunchKernelEx(
                     &cfg,
-                    k.once[which].cu_function(),
+                    func.cu_function(),
                     params.as_mut_ptr(),
                     std::ptr::null_mut(),
                 )
@@ -1039,13 +1094,7 @@ pub(crate) fn run(
             }
             .w();
         }
-        return launch_with(
-            &k.once[which],
-            &stream,
-            (blocks, 1, 1),
-            ONCE_THREADS,
-            &mut params,
-        );
+        return launch_with(func, &stream, (blocks, 1, 1), ONCE_THREADS, &mut params);
     }
     let mut partial = 0u64;
     let mut partial_cache = None;

@@ -329,6 +329,29 @@ __device__ __forceinline__ void lp_chunk_issue(const LpRow& r, const u32* keep, 
     }
 }
 
+// Penalises the staged, kept elements of a chunk listed in its fold list (see `lp_fold_row`
+// in sparse.cu): `n` entries (offset in the chunk, count << 1 | in_prompt) at `ents`, the row's
+// repetition, frequency and presence penalties' bits in `pw`. Every thread, between barriers
+// (an entry's element may be in any thread's slots).
+template <int K>
+__device__ __forceinline__ void lp_fold_apply(const u32* ents, u32 n, const u32* pw,
+                                              const LpRow& r, const u32* keep, const LpSpan& s,
+                                              LpVec* stage) {
+    typedef Lp<K> E;
+    const u32 VEC = 16 / E::ES;
+    for (u32 k = threadIdx.x; k < n; k += LP_THREADS) {
+        const u32 o = ents[2 * k], v = ents[2 * k + 1];
+        if (r.masked && !((keep[o >> 5] >> (o & 31u)) & 1u)) continue; // -inf anyway
+        const u32 b = o - s.head;
+        char* slot = reinterpret_cast<char*>(&stage[b / VEC]) + (b % VEC) * E::ES;
+        const u32 raw = E::ES == 4u ? *reinterpret_cast<u32*>(slot) : (u32)*reinterpret_cast<u16*>(slot);
+        const float y = lp_penalised(E::from_raw(raw), v >> 1, __uint_as_float(pw[0]),
+                                     __uint_as_float(pw[1]), __uint_as_float(pw[2]));
+        if (E::ES == 4u) *reinterpret_cast<u32*>(slot) = E::to_raw(y);
+        else *reinterpret_cast<u16*>(slot) = (u16)E::to_raw(y);
+    }
+}
+
 // Step 1b: handles the ends, waits for the loads of step 1a, then masks and tempers the groups,
 // folding kept values into the chunk maximum (`m`, `mh`). Without min-p every group is final
 // and stored; with it, groups go back to `stage` until the cut. `all` as in step 1a.

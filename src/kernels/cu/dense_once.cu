@@ -53,6 +53,19 @@ __device__ __forceinline__ void lp_row_words(u32* w, u32 row, const u32* keep_t,
     w[3] = minps ? minps[row] : 0xff800000u; // -inf
 }
 
+// With folded penalties, five more words, loaded with them (once `lp_sparse` has completed):
+// the row's repetition, frequency and presence penalties, and where chunk `c`'s entries start
+// and end in the row's fold list.
+__device__ __forceinline__ void lp_fold_words(u32* w, u32 row, u32 c, const u32* pen_params,
+                                              const u32* fold, u32 fold_stride) {
+    const u32* fl = fold + (size_t)row * fold_stride;
+    w[0] = pen_params[4 * row];
+    w[1] = pen_params[4 * row + 1];
+    w[2] = pen_params[4 * row + 2];
+    w[3] = fl[c];
+    w[4] = fl[c + 1];
+}
+
 template <int K>
 __device__ __forceinline__ LpRow lp_row_of(char* logits, u32 row, u32 vocab, const u32* keep_t,
                                            u32 keep_w, const u32* gbits, const u32* smask,
@@ -240,23 +253,27 @@ __device__ __forceinline__ void lp_finalize(char* p, float lnp, u32 vocab, const
 // any time, so the launch finishes whenever the device can hold more than that many blocks
 // (the host checks). The last block to exit zeroes the row slots and `sync[0..2]`, so the
 // scratch is all zero between launches.
-template <int K>
+template <int K, bool FOLD>
 __device__ __forceinline__ void lp_dense_once(
     char* logits, u32 batch, u32 vocab, u32 chunk,
     const u32* keep_t, u32 keep_w, const u32* gbits,
     const u32* smask, const u32* sactive,
     const u32* temps, const u32* minps,
-    u32* sync, u32 nchunks, u32 flags, u32* surv)
+    u32* sync, u32 nchunks, u32 flags, u32* surv,
+    const u32* fold, u32 fold_stride, const u32* pen_params)
 {
     const u32 AHEAD = LP_THREADS - 32u; // the thread that takes the next ticket
     __shared__ u32 keep[LP_ONCE_KEEP_WORDS];
     __shared__ float red[LP_THREADS / 32u];
+    // With folded penalties, the next ticket's `lp_fold_words` also go to `red` (free from the
+    // block maximum of one ticket to that of the next, and read before it).
+    u32* const fold_w = reinterpret_cast<u32*>(red);
     __shared__ float thr_s;
     __shared__ u32 ticket_s[2];   // this ticket and the next (by parity)
     __shared__ u32 words_s[2][4]; // their rows' `lp_row_words`
     __shared__ u32 last_s;
     __shared__ u32 surv_n;                 // LP_ONCE_NOWAIT: the chunk's survivors
-    __shared__ u32 surv_s[LP_SURV_BLOCK];
+    __shared__ __align__(16) u32 surv_s[LP_SURV_BLOCK]; // also a chunk's folded penalties
     __shared__ LpVec stage[LP_THREADS * LP_VECS]; // the chunk; a thread uses its own slots only
 
     const u32 tid = threadIdx.x;
@@ -270,6 +287,12 @@ __device__ __forceinline__ void lp_dense_once(
     // Launched as the dependent of `lp_sparse` (src/kernels/cuda.rs `ONCE_PDL`), the prologue
     // above (tickets, row words: nothing `lp_sparse` writes) ran while it finished.
     lp_grid_wait();
+    if (FOLD) { // the first ticket's fold words (`lp_sparse` wrote the offsets)
+        if (tid == AHEAD && ticket_s[0] < total) {
+            lp_fold_words(fold_w, ticket_s[0] / nchunks, ticket_s[0] % nchunks, pen_params, fold, fold_stride);
+        }
+        __syncthreads();
+    }
     for (u32 it = 0;; ++it) {
         const u32 cur = it & 1u;
         const u32 ticket = ticket_s[cur];
@@ -302,6 +325,25 @@ __device__ __forceinline__ void lp_dense_once(
                 lp_build_keep_once(keep, r, gbits, c0, c1);
             }
             if (!all) lp_chunk_issue<K, LP_VECS>(r, keep, s, stage, false);
+            // The chunk's folded penalties (`lp_fold_row`), applied once it has landed: copied
+            // into `surv_s` (free until the cut) where they fit, else read where they are.
+            if (FOLD && r.has_min_p) { // block-uniform
+                const u32 fold_n = fold_w[4] - fold_w[3];
+                if (fold_n > 0u) {
+                    const u32* ents = fold + (size_t)row * fold_stride + LP_FOLD_E0(nchunks) + 2u * fold_w[3];
+                    if (fold_n <= LP_SURV_BLOCK / 2u) {
+                        if (tid < fold_n) {
+                            const u32 d = (u32)__cvta_generic_to_shared(surv_s + 2u * tid);
+                            asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(d), "l"(ents + 2u * tid) : "memory");
+                        }
+                        ents = surv_s;
+                    }
+                    asm volatile("cp.async.wait_all;" ::: "memory");
+                    __syncthreads();
+                    lp_fold_apply<K>(ents, fold_n, fold_w, r, keep, s, stage);
+                    __syncthreads();
+                }
+            }
             float m;
             u32 mh;
             const LpEnd end = lp_chunk_finish<K, LP_VECS>(r, keep, s, stage, c0, m, mh, all);
@@ -333,9 +375,15 @@ __device__ __forceinline__ void lp_dense_once(
             }
             if (!nowait) lp_chunk_end<K, false>(r, end, c0, thr, (u32*)0, (u32*)0);
         }
+        // The next fold words go to `red`: after every read of this ticket's block maximum (the
+        // other paths pass a barrier after theirs).
+        if (FOLD && list) __syncthreads();
         if (tid == AHEAD) {
             ticket_s[cur ^ 1u] = next;
-            if (next < total) lp_row_words(words_s[cur ^ 1u], next / nchunks, keep_t, keep_w, smask, sactive, temps, minps);
+            if (next < total) {
+                lp_row_words(words_s[cur ^ 1u], next / nchunks, keep_t, keep_w, smask, sactive, temps, minps);
+                if (FOLD) lp_fold_words(fold_w, next / nchunks, next % nchunks, pen_params, fold, fold_stride);
+            }
         }
         __syncthreads(); // `keep`, `red`, `thr_s` are reused by the next ticket
     }

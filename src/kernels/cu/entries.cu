@@ -7,9 +7,12 @@
     extern "C" __global__ void __launch_bounds__(256) lp_sparse_##NAME(                        \
         char* logits, u32 vocab, const u32* bans0, u32 bans0_w, const u32* bans1, u32 bans1_w, \
         const u32* ids, u32 n_ids, float boost, const u32* bias, u32 bias_w, u32* pen,         \
-        u32 pen_w, u32 pen_hw, const u32* pen_params, const u32* pen_log, u32 pen_slots) {      \
+        u32 pen_w, u32 pen_hw, const u32* pen_params, const u32* pen_log, u32 pen_slots,       \
+        u32* fold, u32 fold_stride, u32 chunk, u32 nchunks, const u32* minps,                  \
+        const u32* keep_t, u32 keep_w) {                                                       \
         lp_sparse<K>(logits, vocab, bans0, bans0_w, bans1, bans1_w, ids, n_ids, boost, bias,   \
-                     bias_w, pen, pen_w, pen_hw, pen_params, pen_log, pen_slots);              \
+                     bias_w, pen, pen_w, pen_hw, pen_params, pen_log, pen_slots, fold,         \
+                     fold_stride, chunk, nchunks, minps, keep_t, keep_w);                      \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(256) lp_dense_##NAME(                         \
         char* logits, u32 batch, u32 vocab, u32 chunk, const u32* keep_t, u32 keep_w,          \
@@ -21,9 +24,20 @@
     extern "C" __global__ void __launch_bounds__(LP_THREADS, LP_ONCE_BLOCKS) lp_dense_once_##NAME(                    \
         char* logits, u32 batch, u32 vocab, u32 chunk, const u32* keep_t, u32 keep_w,          \
         const u32* gbits, const u32* smask, const u32* sactive, const u32* temps,              \
-        const u32* minps, u32* sync, u32 nchunks, u32 flags, u32* surv) {                      \
-        lp_dense_once<K>(logits, batch, vocab, chunk, keep_t, keep_w, gbits, smask, sactive,   \
-                         temps, minps, sync, nchunks, flags, surv);                            \
+        const u32* minps, u32* sync, u32 nchunks, u32 flags, u32* surv, const u32* fold,       \
+        u32 fold_stride, const u32* pen_params) {                                              \
+        lp_dense_once<K, false>(logits, batch, vocab, chunk, keep_t, keep_w, gbits, smask,     \
+                                sactive, temps, minps, sync, nchunks, flags, surv, fold,       \
+                                fold_stride, pen_params);                                      \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(LP_THREADS, LP_ONCE_BLOCKS) lp_dense_once_fold_##NAME(               \
+        char* logits, u32 batch, u32 vocab, u32 chunk, const u32* keep_t, u32 keep_w,          \
+        const u32* gbits, const u32* smask, const u32* sactive, const u32* temps,              \
+        const u32* minps, u32* sync, u32 nchunks, u32 flags, u32* surv, const u32* fold,       \
+        u32 fold_stride, const u32* pen_params) {                                              \
+        lp_dense_once<K, true>(logits, batch, vocab, chunk, keep_t, keep_w, gbits, smask,      \
+                               sactive, temps, minps, sync, nchunks, flags, surv, fold,        \
+                               fold_stride, pen_params);                                       \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(LP_THREADS) lp_dense_cluster_##NAME(          \
         char* logits, u32 batch, u32 vocab, u32 slice, const u32* keep_t, u32 keep_w,          \
