@@ -9,9 +9,12 @@
 //! Options (`ONCE_*`, overridden by `LOGITS_PROCESSORS_ONCE` for tests and benches): rows with
 //! a mask publish their chunk's maximum without waiting (each block cuts at its own maximum,
 //! which is never above the row's, and the row's last block cuts the few listed survivors);
-//! a row's grammar mask is copied into shared memory beside its logits; and after an
+//! a row's grammar mask is copied into shared memory beside its logits; after an
 //! `lp_sparse` launch, `lp_dense_once` starts as its programmatic dependent (sm_90+), its
-//! prologue overlapping `lp_sparse`'s end.
+//! prologue overlapping `lp_sparse`'s end; and penalties are folded into it (`ONCE_FOLD`): the
+//! rows it stages whole are penalised in their chunks in shared memory, `lp_sparse` only sorting
+//! their penalty entries by chunk, instead of `lp_sparse` reading and writing each penalised
+//! logit at random.
 //!
 //! On devices with thread-block clusters (compute capability 9.0 and later), a launch with
 //! min-p *and* a temperature uses `lp_dense_cluster` instead: one cluster of 8 or 16 blocks

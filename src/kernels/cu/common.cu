@@ -8,7 +8,9 @@
 //
 // Entry points, per dtype (f32, f16, bf16):
 // * `lp_sparse_<dtype>`: grid (batch). Block r applies, in order and separated by barriers,
-//   the bans, the global boost, the bias and the penalties of row r to the listed tokens only.
+//   the bans, the global boost, the bias and the penalties of row r to the listed tokens only;
+//   with folded penalties (a fold list given), a row that `lp_dense_once_fold` stages whole has
+//   its penalty entries sorted by chunk into its fold list instead (`lp_fold_row`).
 // * `lp_dense_<dtype>`: grid (chunks, rows). Block (c, r) owns the tokens [c*chunk,
 //   (c+1)*chunk) of rows r, r + gridDim.y, ... It builds the chunk's keep mask (per-row list
 //   or bitmask, global mask, step mask) in shared memory; `pass` 1 writes -inf over masked
@@ -23,7 +25,9 @@
 //   row's other chunks, then cut and store (see its comment for why it cannot deadlock). A
 //   row whose keep set is a short list never waits: its first chunk's block handles the kept
 //   tokens alone. Its `flags` (LP_ONCE_*): a row's step mask copied beside its logits
-//   (cp.async), and rows that publish without waiting (`lp_nowait_chunk`, `lp_finalize`).
+//   (cp.async), and rows that publish without waiting (`lp_nowait_publish`, `lp_finalize`).
+//   `lp_dense_once_fold_<dtype>` is the same kernel applying each chunk's folded penalties to
+//   the staged chunk (`lp_fold_apply`) before it masks, tempers and cuts.
 // * `lp_dense_cluster_<dtype>` (sm_90 and later; an empty kernel below): the same one-pass dense
 //   phase with one thread-block cluster per row (8 or 16 blocks, the row split between them
 //   in shared memory, the row maximum exchanged through distributed shared memory after a

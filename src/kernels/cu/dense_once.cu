@@ -265,9 +265,9 @@ __device__ __forceinline__ void lp_dense_once(
     const u32 AHEAD = LP_THREADS - 32u; // the thread that takes the next ticket
     __shared__ u32 keep[LP_ONCE_KEEP_WORDS];
     __shared__ float red[LP_THREADS / 32u];
-    // With folded penalties, the next ticket's `lp_fold_words` also go to `red` (free from the
-    // block maximum of one ticket to that of the next, and read before it).
-    u32* const fold_w = reinterpret_cast<u32*>(red);
+    // With folded penalties, the ticket's `lp_fold_words`: read before its block maximum (a
+    // barrier), written for the next ticket after it.
+    __shared__ u32 fold_w[FOLD ? 5 : 1];
     __shared__ float thr_s;
     __shared__ u32 ticket_s[2];   // this ticket and the next (by parity)
     __shared__ u32 words_s[2][4]; // their rows' `lp_row_words`
@@ -375,9 +375,6 @@ __device__ __forceinline__ void lp_dense_once(
             }
             if (!nowait) lp_chunk_end<K, false>(r, end, c0, thr, (u32*)0, (u32*)0);
         }
-        // The next fold words go to `red`: after every read of this ticket's block maximum (the
-        // other paths pass a barrier after theirs).
-        if (FOLD && list) __syncthreads();
         if (tid == AHEAD) {
             ticket_s[cur ^ 1u] = next;
             if (next < total) {
