@@ -105,8 +105,8 @@ const FOLD_MAX_CHUNKS: u32 = 256;
 /// The kernel's `LP_SURV_ROW`: survivors listed per row per launch.
 const SURV_ROW: usize = 2048;
 /// The options used unless `ONCE_ENV` says otherwise: each measured faster on the H100 at batch
-/// 256 (docs/benchmarks.md, run 14), `ONCE_NOWAIT` for masked rows only (rows without a mask
-/// measured slower with it in f16 and bf16).
+/// 256 (docs/benchmarks.md, runs 14 and 17), `ONCE_NOWAIT` for masked rows only (rows without a
+/// mask measured slower with it in f16 and bf16).
 const ONCE_DEFAULT: u32 = ONCE_SPEC_CP | ONCE_PDL | ONCE_NOWAIT_MASKED | ONCE_FOLD;
 
 macro_rules! arg {

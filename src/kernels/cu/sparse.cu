@@ -50,10 +50,10 @@ __device__ __forceinline__ bool lp_fold_place(const char* rowp, u32 vocab, u32 c
     return o >= head && o < body_end;
 }
 
-// Sorts row `row`'s live penalty entries (`pt`/`pp` loaded ahead, the rest read from `list`) into
+// Sorts a row's live penalty entries (`pt`/`pp` loaded ahead, the rest read from `list`) into
 // its fold list `fl`, penalising the ones outside a chunk body in place (`lp_sparse`, after the
-// bias phase; every thread). `cnt`: LP_FOLD_MAX_CHUNKS + 1 shared words, zeroed. Ends with a
-// barrier.
+// bias phase; every thread, with barriers). `cnt`: LP_FOLD_MAX_CHUNKS + 1 shared words, zeroed
+// before; `wsum`: one shared word per warp.
 template <int K>
 __device__ __forceinline__ void lp_fold_row(char* rowp, u32 vocab, u32 chunk, u32 nchunks,
                                             u32* fl, const u32* pt, const u32* pp,
