@@ -318,31 +318,37 @@ __device__ __forceinline__ void lp_dense_once(
             // mask is known, the mask's words read beside the logits instead of before them (a
             // grammar's mask keeps some token of nearly every group).
             const bool all = (flags & LP_ONCE_SPEC_CP) && r.srow;
+            // The chunk's folded penalties (`lp_fold_row`), copied into `surv_s` (free until the
+            // cut) beside the chunk where they fit, else read where they are.
+            u32 fold_n = 0u;
+            const u32* ents = surv_s;
+            if (FOLD && r.has_min_p) { // block-uniform
+                fold_n = fold_w[4] - fold_w[3];
+                const u32* src = fold + (size_t)row * fold_stride + LP_FOLD_E0(nchunks) + 2u * fold_w[3];
+                if (fold_n > LP_SURV_BLOCK / 2u) {
+                    ents = src;
+                } else if (tid < fold_n) {
+                    const u32 d = (u32)__cvta_generic_to_shared(surv_s + 2u * tid);
+                    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(d), "l"(src + 2u * tid) : "memory");
+                }
+            }
             if (all) lp_chunk_issue<K, LP_VECS>(r, keep, s, stage, true);
-            if (all && r.head_word == 0u && !gbits) {
+            // The step mask copied beside the chunk: every copy of the block lands before the
+            // barrier that ends `lp_keep_copy`.
+            const bool copied = all && r.head_word == 0u && !gbits;
+            if (copied) {
                 lp_keep_copy(keep, r.srow, c0, c1);
             } else if (r.masked) {
                 lp_build_keep_once(keep, r, gbits, c0, c1);
             }
             if (!all) lp_chunk_issue<K, LP_VECS>(r, keep, s, stage, false);
-            // The chunk's folded penalties (`lp_fold_row`), applied once it has landed: copied
-            // into `surv_s` (free until the cut) where they fit, else read where they are.
-            if (FOLD && r.has_min_p) { // block-uniform
-                const u32 fold_n = fold_w[4] - fold_w[3];
-                if (fold_n > 0u) {
-                    const u32* ents = fold + (size_t)row * fold_stride + LP_FOLD_E0(nchunks) + 2u * fold_w[3];
-                    if (fold_n <= LP_SURV_BLOCK / 2u) {
-                        if (tid < fold_n) {
-                            const u32 d = (u32)__cvta_generic_to_shared(surv_s + 2u * tid);
-                            asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(d), "l"(ents + 2u * tid) : "memory");
-                        }
-                        ents = surv_s;
-                    }
+            if (fold_n > 0u) { // block-uniform: penalise the staged chunk once it has landed
+                if (!copied) {
                     asm volatile("cp.async.wait_all;" ::: "memory");
                     __syncthreads();
-                    lp_fold_apply<K>(ents, fold_n, fold_w, r, keep, s, stage);
-                    __syncthreads();
                 }
+                lp_fold_apply<K>(ents, fold_n, fold_w, r, keep, s, stage);
+                __syncthreads();
             }
             float m;
             u32 mh;
