@@ -400,6 +400,42 @@ fn bits16(t: &Tensor) -> Vec<u16> {
     }
 }
 
+/// A CPU and a CUDA pipeline of Temperature (and MinP, with `min_p`) over `vocab` tokens, row
+/// `r` admitted with temperature `temps[r]`.
+fn temperature_pipelines(
+    gpu: &Device,
+    temps: &[f32],
+    vocab: usize,
+    min_p: Option<f32>,
+) -> [Pipeline; 2] {
+    let mut pipelines = [Device::Cpu, gpu.clone()].map(|device| {
+        let c = ProcessorConfig::builder()
+            .max_batch_size(temps.len())
+            .vocab_size(vocab)
+            .device(device)
+            .build()
+            .unwrap();
+        let mut b = Pipeline::builder(&c).with(Temperature::new(&c).unwrap());
+        if min_p.is_some() {
+            b = b.with(MinP::new(&c).unwrap());
+        }
+        b.build().unwrap()
+    });
+    let mut changes = BatchUpdateBuilder::new();
+    for (row, &t) in temps.iter().enumerate() {
+        let mut p = RequestParams::new().with_temperature(t);
+        if let Some(m) = min_p {
+            p = p.with_min_p(m);
+        }
+        changes.add(row, Arc::new(p));
+    }
+    let update = changes.build(temps.len()).cloned();
+    for p in &mut pipelines {
+        p.update_state(update.as_ref()).unwrap();
+    }
+    pipelines
+}
+
 /// Temperature (alone, and before MinP, which takes the one-launch kernel) on every one of
 /// the 65,536 f16 and bf16 patterns, one row per temperature (tiny, subnormal and huge ones
 /// included): CUDA must give the CPU's bits, NaN on both sides aside.
@@ -413,30 +449,8 @@ fn temperature_matches_the_cpu_on_every_16_bit_logit() {
     let vocab = 1usize << 16;
     for dtype in [DType::F16, DType::BF16] {
         for with_min_p in [false, true] {
-            let [mut cpu, mut dev] = [Device::Cpu, gpu.clone()].map(|device| {
-                let c = ProcessorConfig::builder()
-                    .max_batch_size(temps.len())
-                    .vocab_size(vocab)
-                    .device(device)
-                    .build()
-                    .unwrap();
-                let mut b = Pipeline::builder(&c).with(Temperature::new(&c).unwrap());
-                if with_min_p {
-                    b = b.with(MinP::new(&c).unwrap());
-                }
-                b.build().unwrap()
-            });
-            let mut changes = BatchUpdateBuilder::new();
-            for (row, &t) in temps.iter().enumerate() {
-                let mut p = RequestParams::new().with_temperature(t);
-                if with_min_p {
-                    p = p.with_min_p(1e-4);
-                }
-                changes.add(row, Arc::new(p));
-            }
-            let update = changes.build(temps.len()).cloned();
-            cpu.update_state(update.as_ref()).unwrap();
-            dev.update_state(update.as_ref()).unwrap();
+            let [mut cpu, mut dev] =
+                temperature_pipelines(&gpu, &temps, vocab, with_min_p.then_some(1e-4));
             let patterns: Vec<u16> = (0..temps.len() * vocab).map(|i| i as u16).collect();
             let host = match dtype {
                 DType::F16 => Tensor::from_vec(
@@ -492,30 +506,8 @@ fn temperature_matches_the_cpu_on_f32_logits_of_every_exponent() {
     let vocab = 1usize << 16;
     let mut rng = StdRng::seed_from_u64(4242);
     for with_min_p in [false, true] {
-        let [mut cpu, mut dev] = [Device::Cpu, gpu.clone()].map(|device| {
-            let c = ProcessorConfig::builder()
-                .max_batch_size(temps.len())
-                .vocab_size(vocab)
-                .device(device)
-                .build()
-                .unwrap();
-            let mut b = Pipeline::builder(&c).with(Temperature::new(&c).unwrap());
-            if with_min_p {
-                b = b.with(MinP::new(&c).unwrap());
-            }
-            b.build().unwrap()
-        });
-        let mut changes = BatchUpdateBuilder::new();
-        for (row, &t) in temps.iter().enumerate() {
-            let mut p = RequestParams::new().with_temperature(t);
-            if with_min_p {
-                p = p.with_min_p(1e-30);
-            }
-            changes.add(row, Arc::new(p));
-        }
-        let update = changes.build(temps.len()).cloned();
-        cpu.update_state(update.as_ref()).unwrap();
-        dev.update_state(update.as_ref()).unwrap();
+        let [mut cpu, mut dev] =
+            temperature_pipelines(&gpu, &temps, vocab, with_min_p.then_some(1e-30));
         // Half the rows random bits, half values around the logits' usual range.
         let bits: Vec<u32> = (0..temps.len() * vocab)
             .map(|i| {

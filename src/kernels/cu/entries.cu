@@ -3,6 +3,18 @@
 // this folder in a fixed order (common, counts, sparse, dense, dense_once, dense_cluster,
 // entries) and compiles them with NVRTC as one unit.
 
+// `lp_dense_once` as kernel FN, without or with folded penalties (FOLD).
+#define LP_ONCE_ENTRY(FN, K, FOLD)                                                             \
+    extern "C" __global__ void __launch_bounds__(LP_THREADS, LP_ONCE_BLOCKS) FN(               \
+        char* logits, u32 batch, u32 vocab, u32 chunk, const u32* keep_t, u32 keep_w,          \
+        const u32* gbits, const u32* smask, const u32* sactive, const u32* temps,              \
+        const u32* minps, u32* sync, u32 nchunks, u32 flags, u32* surv, const u32* fold,       \
+        u32 fold_stride, const u32* pen_params) {                                              \
+        lp_dense_once<K, FOLD>(logits, batch, vocab, chunk, keep_t, keep_w, gbits, smask,      \
+                               sactive, temps, minps, sync, nchunks, flags, surv, fold,        \
+                               fold_stride, pen_params);                                       \
+    }
+
 #define LP_ENTRY(NAME, K)                                                                      \
     extern "C" __global__ void __launch_bounds__(256) lp_sparse_##NAME(                        \
         char* logits, u32 vocab, const u32* bans0, u32 bans0_w, const u32* bans1, u32 bans1_w, \
@@ -21,24 +33,8 @@
         lp_dense<K>(logits, batch, vocab, chunk, keep_t, keep_w, gbits, smask, sactive, temps, \
                     minps, partial, nchunks, pass);                                            \
     }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(LP_THREADS, LP_ONCE_BLOCKS) lp_dense_once_##NAME(                    \
-        char* logits, u32 batch, u32 vocab, u32 chunk, const u32* keep_t, u32 keep_w,          \
-        const u32* gbits, const u32* smask, const u32* sactive, const u32* temps,              \
-        const u32* minps, u32* sync, u32 nchunks, u32 flags, u32* surv, const u32* fold,       \
-        u32 fold_stride, const u32* pen_params) {                                              \
-        lp_dense_once<K, false>(logits, batch, vocab, chunk, keep_t, keep_w, gbits, smask,     \
-                                sactive, temps, minps, sync, nchunks, flags, surv, fold,       \
-                                fold_stride, pen_params);                                      \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(LP_THREADS, LP_ONCE_BLOCKS) lp_dense_once_fold_##NAME(               \
-        char* logits, u32 batch, u32 vocab, u32 chunk, const u32* keep_t, u32 keep_w,          \
-        const u32* gbits, const u32* smask, const u32* sactive, const u32* temps,              \
-        const u32* minps, u32* sync, u32 nchunks, u32 flags, u32* surv, const u32* fold,       \
-        u32 fold_stride, const u32* pen_params) {                                              \
-        lp_dense_once<K, true>(logits, batch, vocab, chunk, keep_t, keep_w, gbits, smask,      \
-                               sactive, temps, minps, sync, nchunks, flags, surv, fold,        \
-                               fold_stride, pen_params);                                       \
-    }                                                                                          \
+    LP_ONCE_ENTRY(lp_dense_once_##NAME, K, false)                                              \
+    LP_ONCE_ENTRY(lp_dense_once_fold_##NAME, K, true)                                          \
     extern "C" __global__ void __launch_bounds__(LP_THREADS) lp_dense_cluster_##NAME(          \
         char* logits, u32 batch, u32 vocab, u32 slice, const u32* keep_t, u32 keep_w,          \
         const u32* gbits, const u32* smask, const u32* sactive, const u32* temps,              \
