@@ -10,9 +10,15 @@
 //! | [`Error::Logits`] | the caller of `apply`: wrong shape, dtype, layout or device | [`LogitsError`] |
 //! | [`Error::Config`] | whoever builds the processors | [`ConfigError`] |
 //! | [`Error::Device`] | nobody in particular: candle failed (allocation, copy, launch) | `candle_core::Error` |
+//! | [`Error::Broken`] | the engine: build a new [`Pipeline`](crate::Pipeline) | — |
 //!
 //! A rejected update, request or logits tensor leaves every processor exactly as it was before
-//! the call: errors are reported *before* any state is touched.
+//! the call: errors are reported *before* any state is touched. The exception is a failure
+//! *after* the checks: a device error while a processor writes its tables, or a custom stage
+//! whose `update_state` rejects what its `validate_params` accepted. A processor used alone is
+//! then in an unspecified state (drop it); a [`Pipeline`](crate::Pipeline) returns that error
+//! once and [`Error::Broken`] from every later call, instead of running out of step with the
+//! batch.
 
 use candle_core::{DType, DeviceLocation};
 
@@ -43,6 +49,20 @@ pub enum Error {
     /// An error from candle (allocation, device copy, kernel launch).
     #[error("device error: {0}")]
     Device(#[from] candle_core::Error),
+    /// An earlier `update_state` of this [`Pipeline`](crate::Pipeline) failed after its checks
+    /// had passed (a device error, or a custom stage rejecting what its `validate_params`
+    /// accepted), so some stages took the update and others did not: the pipeline no longer
+    /// matches the batch and refuses every call. Build a new one.
+    #[error(
+        "the pipeline is out of step with the batch: stage {index} ({stage}) failed an update \
+         that earlier stages had applied; build a new pipeline"
+    )]
+    Broken {
+        /// The name of the stage that failed.
+        stage: &'static str,
+        /// Its position in the pipeline.
+        index: usize,
+    },
 }
 
 /// A [`BatchUpdate`](crate::BatchUpdate) that breaks a rule of [`crate::ledger`]: a bug in the
@@ -265,6 +285,15 @@ pub enum LogitsError {
         batch_size: usize,
         /// `ceil(vocab / 32)`.
         words_per_row: usize,
+    },
+    /// A grammar bitmask tensor whose dtype is not `u32`.
+    #[error(
+        "the token bitmask has dtype {dtype:?}, expected u32 (an int32 mask, such as xgrammar's, \
+         has the same bits: reinterpret it as u32)"
+    )]
+    BitmaskDtype {
+        /// The dtype received.
+        dtype: DType,
     },
     /// A grammar bitmask given for a row not in the batch.
     #[error("the token bitmask names row {row}, but the batch has {batch_size} rows")]

@@ -270,3 +270,69 @@ fn custom_stages_run_in_place_between_fused_builtins() {
     pipe.apply(&t).unwrap();
     assert_eq!(read(&t), vec![vec![2., 13., NEG, NEG]]);
 }
+
+/// A stage that fails an update after the checks (as a device error would) leaves the stages
+/// out of step: the pipeline returns that error once, then refuses every call.
+#[test]
+fn a_stage_failing_after_the_checks_breaks_the_pipeline_for_good() {
+    struct FailsOnSecondUpdate(usize);
+    impl LogitsProcessor for FailsOnSecondUpdate {
+        fn name(&self) -> &'static str {
+            "FailsOnSecondUpdate"
+        }
+        fn validate_params(&self, _: &RequestParams) -> Result<()> {
+            Ok(())
+        }
+        fn update_state(&mut self, _: Option<&BatchUpdate>) -> Result<()> {
+            self.0 += 1;
+            if self.0 == 2 {
+                return Err(candle_core::Error::Msg("simulated device failure".into()).into());
+            }
+            Ok(())
+        }
+        fn apply(&mut self, _: &Tensor) -> Result<()> {
+            Ok(())
+        }
+        fn is_argmax_invariant(&self) -> bool {
+            true
+        }
+    }
+    let c = config(4, 4);
+    let mut pipe = Pipeline::builder(&c)
+        .with(ForceToken::new(&c).unwrap())
+        .with_custom(FailsOnSecondUpdate(0))
+        .build()
+        .unwrap();
+    admit(&mut pipe, &[Some(&[1])]).unwrap();
+    let t = logits(&[&[1., 2., 3., 4.]], DType::F32);
+    pipe.apply(&t).unwrap();
+    assert_eq!(read(&t), vec![vec![NEG, 2., NEG, NEG]]);
+
+    // The second update: ForceToken takes it, the custom stage fails.
+    let mut b = BatchUpdateBuilder::new();
+    b.add(
+        1,
+        Arc::new(RequestParams::new().with_allowed_token_ids([3])),
+    );
+    let err = pipe.update_state(b.build(2)).unwrap_err();
+    assert!(matches!(err, Error::Device(_)), "{err}");
+
+    let broken = |e: Error| {
+        matches!(
+            e,
+            Error::Broken {
+                stage: "FailsOnSecondUpdate",
+                index: 1
+            }
+        )
+    };
+    assert!(broken(pipe.update_state(None).unwrap_err()));
+    assert!(broken(pipe.append_sampled(&[0, 0]).unwrap_err()));
+    let t = logits(&[&[1., 2., 3., 4.], &[1., 2., 3., 4.]], DType::F32);
+    assert!(broken(pipe.apply(&t).unwrap_err()));
+    assert!(broken(pipe.apply_greedy(&t).unwrap_err()));
+    // Nothing was written.
+    assert_eq!(read(&t), vec![vec![1., 2., 3., 4.]; 2]);
+    let msg = pipe.update_state(None).unwrap_err().to_string();
+    assert!(msg.contains("build a new pipeline"), "{msg}");
+}

@@ -47,7 +47,10 @@ use stage::{can_join, Kind};
 ///
 /// A custom processor whose `update_state` fails for a reason its `validate_params` does not
 /// report breaks the all-or-nothing guarantee: the stages before it have then applied the
-/// update. Custom processors must report every rejection from `validate_params`.
+/// update. Custom processors must report every rejection from `validate_params`. Such a failure,
+/// or a device error while a stage writes its tables, is returned once; the pipeline then
+/// answers every call with [`Error::Broken`](crate::Error::Broken) (build a new one) rather
+/// than run with stages that disagree on the batch.
 ///
 /// # Example
 ///
@@ -82,6 +85,8 @@ pub struct Pipeline {
     changed: Vec<usize>,
     outputs: StepOutputs,
     stages: Vec<Stage>,
+    /// The stage (name, index) that failed an update the others took: every later call fails.
+    broken: Option<(&'static str, usize)>,
 }
 
 /// How many rows ahead the append step asks for a row's lines.
@@ -152,6 +157,11 @@ impl PipelineBuilder {
     /// vocabulary or device than the pipeline; [`ConfigError::StageNotFresh`] if a built-in
     /// stage has already followed a batch. (Custom stages cannot be checked: build them from the
     /// same configuration and give them fresh.)
+    ///
+    /// # Cost
+    ///
+    /// O(stages) checks; allocates the pipeline's row ledger (O(capacity)) and, when a stage
+    /// follows output tokens, a version board of 2 × capacity + 1 words.
     pub fn build(mut self) -> Result<Pipeline> {
         for stage in &self.stages {
             if let Kind::Builtin(b) = &stage.0 {
@@ -184,6 +194,7 @@ impl PipelineBuilder {
             changed: Vec::with_capacity(capacity),
             outputs: StepOutputs::default(),
             stages: self.stages,
+            broken: None,
         })
     }
 }
@@ -228,11 +239,16 @@ impl Pipeline {
     /// # Errors
     ///
     /// As `apply`.
+    ///
+    /// # Cost
+    ///
+    /// As `apply`, less the skipped stages' passes.
     pub fn apply_greedy(&mut self, logits: &Tensor) -> Result<()> {
         self.run(logits, true)
     }
 
-    /// The pipeline's [`TokenBitmask`] stage, to hand it the step's grammar mask.
+    /// The pipeline's (first) [`TokenBitmask`] stage, to hand it the step's grammar mask.
+    /// O(stages).
     pub fn token_bitmask_mut(&mut self) -> Option<&mut TokenBitmask> {
         self.stages.iter_mut().find_map(|s| match &mut s.0 {
             Kind::Builtin(b) => b.as_token_bitmask(),
@@ -251,7 +267,8 @@ impl Pipeline {
     /// # Errors
     ///
     /// [`UpdateError::SampledLength`] if `tokens.len()` is not the batch size (nothing
-    /// changes); as `update_state` for a custom stage that fails.
+    /// changes); as `update_state` for a stage that fails (and
+    /// [`Error::Broken`](crate::Error::Broken) from then on).
     ///
     /// # Cost
     ///
@@ -294,6 +311,7 @@ impl Pipeline {
     /// `update_state`, with the step's sampled tokens appended first when given (one per
     /// row of the batch after `update`).
     fn update(&mut self, update: Option<&BatchUpdate>, sampled: Option<&[u32]>) -> Result<()> {
+        self.check_intact()?;
         // One transactional pass: the rules, then every added request against every stage.
         let (stages, follows, board) = (&self.stages, self.follows_outputs, &self.board);
         self.ledger.apply(update, |added| {
@@ -379,14 +397,32 @@ impl Pipeline {
                 }
             }
         }
+        // Past this point the update is the pipeline's: a stage that fails leaves the stages
+        // out of step with each other, and the pipeline refuses every later call.
         let (outputs, lists) = (&self.outputs, &Lists(&self.ledger));
-        self.stages.iter_mut().try_for_each(|s| match &mut s.0 {
-            Kind::Builtin(b) => b.update_fed(update, outputs, lists),
-            Kind::Custom(c) => c.update_state(update),
-        })
+        for (index, s) in self.stages.iter_mut().enumerate() {
+            let result = match &mut s.0 {
+                Kind::Builtin(b) => b.update_fed(update, outputs, lists),
+                Kind::Custom(c) => c.update_state(update),
+            };
+            if let Err(e) = result {
+                self.broken = Some((s.name(), index));
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Error::Broken`](crate::Error::Broken) once a stage failed an update the others took.
+    fn check_intact(&self) -> Result<()> {
+        match self.broken {
+            Some((stage, index)) => Err(crate::Error::Broken { stage, index }),
+            None => Ok(()),
+        }
     }
 
     fn run(&mut self, logits: &Tensor, greedy: bool) -> Result<()> {
+        self.check_intact()?;
         self.config.check_logits(logits, self.ledger.batch_size())?;
         for stage in &mut self.stages {
             if let Kind::Builtin(b) = &mut stage.0 {
