@@ -46,7 +46,8 @@ pub struct RequestParams {
     /// [`MinTokens`](crate::MinTokens)).
     pub stop_token_ids: Vec<u32>,
     /// vLLM's `min_p`, read by [`MinP`](crate::MinP): tokens whose probability is below
-    /// `min_p × p_max` are dropped. In `[0, 1]`; 0 = off.
+    /// `min_p × p_max` are dropped. In `[0, 1]`; 0 = off, and ignored for a greedy request
+    /// (temperature 0), as in vLLM.
     pub min_p: f32,
     /// vLLM's `bad_words`, as token sequences, read by [`BadWords`](crate::BadWords): when the
     /// output ends with all but the last token of a sequence, that last token is −inf (a
@@ -54,16 +55,19 @@ pub struct RequestParams {
     pub bad_words_token_ids: Vec<Vec<u32>>,
     /// vLLM's / HF's `repetition_penalty`, read by [`Penalties`](crate::Penalties): logits of
     /// tokens in the prompt or the output are divided by it when positive, multiplied when
-    /// negative. Positive; 1 = off.
+    /// negative. Positive and finite; 1 = off.
     pub repetition_penalty: f32,
     /// OpenAI's / vLLM's `frequency_penalty`, read by [`Penalties`](crate::Penalties):
-    /// subtracted once per occurrence of the token in the output. Finite; 0 = off.
+    /// subtracted once per occurrence of the token in the output. Any finite value (vLLM
+    /// accepts `[-2, 2]`); 0 = off.
     pub frequency_penalty: f32,
     /// OpenAI's / vLLM's `presence_penalty`, read by [`Penalties`](crate::Penalties):
-    /// subtracted once if the token occurs in the output. Finite; 0 = off.
+    /// subtracted once if the token occurs in the output. Any finite value (vLLM accepts
+    /// `[-2, 2]`); 0 = off.
     pub presence_penalty: f32,
     /// vLLM's `temperature`, read by [`Temperature`](crate::Temperature): logits are divided by
-    /// it. Finite and non-negative; 0 (greedy) and 1 leave the row unchanged.
+    /// it. Finite and non-negative; 0 (greedy: [`MinP`](crate::MinP) does not cut the row either)
+    /// and 1 leave the row unchanged, and one in (0, 0.01) is raised to 0.01, as in vLLM.
     pub temperature: f32,
     /// Free-form arguments for custom processors, keyed by name.
     pub extra: BTreeMap<String, ExtraArg>,

@@ -146,15 +146,18 @@ fn reference(kind: Kind, req: &Req, mask: Option<&[u32]>, row: &mut [f32], dtype
             }
         }
         Kind::Temperature => {
+            // vLLM's SamplingParams: 0 is greedy, (0, 0.01) is raised to 0.01.
             let t = p.temperature;
             if t != 0.0 && t != 1.0 {
+                let t = t.max(0.01);
                 for x in row.iter_mut() {
                     *x = round(*x / t, dtype);
                 }
             }
         }
         Kind::MinP => {
-            if p.min_p > 0.0 {
+            // Not for a greedy request (vLLM sets its min_p to 0).
+            if p.min_p > 0.0 && p.temperature != 0.0 {
                 let ln = f64::from(p.min_p).ln() as f32;
                 let max = row.iter().fold(neg, |m, &x| m.max(x));
                 for x in row.iter_mut() {
@@ -229,7 +232,7 @@ fn random_params(rng: &mut StdRng) -> RequestParams {
             .with_presence_penalty([0.0, 1.0, -0.5][rng.random_range(0..3)]);
     }
     if rng.random_bool(0.4) {
-        p = p.with_temperature([0.0, 0.5, 0.7, 1.0, 1.5][rng.random_range(0..5)]);
+        p = p.with_temperature([0.0, 0.004, 0.5, 0.7, 1.0, 1.5][rng.random_range(0..6)]);
     }
     p
 }

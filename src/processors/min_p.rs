@@ -16,16 +16,18 @@ use crate::processors::{apply_alone, builtin_basics};
 /// `p_t < min_p · p_max ⇔ x_t < x_max + ln(min_p)` (f32, `ln(min_p)` computed in f64 and
 /// rounded), where the logits are those after every earlier processor (temperature included, as
 /// in vLLM). vLLM compares probabilities, so a token within an f32 rounding of the threshold may
-/// be decided differently there.
+/// be decided differently there. As in vLLM, a greedy request (temperature 0) is not cut: its
+/// `min_p` is ignored.
 ///
 /// Argmax-invariant: [`Pipeline::apply_greedy`](crate::Pipeline::apply_greedy) skips it.
 ///
 /// # State and cost
 ///
-/// One f32 per row on the device. `apply`: the row maximum, then the cut, over each row with
-/// min-p (on CUDA one read-write pass: each block holds its chunk while the row's other chunks
-/// publish their maxima; on the CPU a reduction pass and a read-write pass); other rows
-/// untouched.
+/// One f32 per row on the device. `update_state`: O(changes), plus a count of the batch's rows
+/// with min-p (O(batch)) when the update touched a row. `apply`: the row maximum, then the
+/// cut, over each row with min-p (on CUDA one read-write pass: each block holds its chunk while
+/// the row's other chunks publish their maxima; on the CPU a reduction pass and a read-write
+/// pass); other rows untouched.
 ///
 /// # Errors
 ///
@@ -89,7 +91,9 @@ fn ln_min_p(params: &RequestParams) -> Result<Option<f32>> {
         }
         .into());
     }
-    Ok((p > 0.0).then(|| f64::from(p).ln() as f32))
+    // vLLM's SamplingParams sets min_p to 0 for greedy requests.
+    let greedy = params.temperature == 0.0;
+    Ok((p > 0.0 && !greedy).then(|| f64::from(p).ln() as f32))
 }
 
 impl LogitsProcessor for MinP {

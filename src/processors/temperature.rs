@@ -11,15 +11,21 @@ use crate::processor::LogitsProcessor;
 use crate::processors::{apply_alone, builtin_basics};
 
 /// vLLM's / HF's / OpenAI's `temperature`: divides each request's row by its
-/// [`RequestParams::temperature`] (f32 division, rounded to the logits' dtype). 0 (greedy, as in
-/// vLLM) and 1 leave the row unchanged.
+/// [`RequestParams::temperature`] (f32 division, rounded to the logits' dtype), as vLLM's
+/// `SamplingParams` reads it: 0 is greedy and 1 neutral (the row is left unchanged), and a
+/// temperature in (0, [`Temperature::MIN`]) is raised to `MIN` = 0.01 (vLLM does the same, with
+/// a warning: below it, ordinary logits overflow to ±inf). A greedy request is not cut by
+/// [`MinP`](crate::MinP) either.
 ///
-/// Argmax-invariant: [`Pipeline::apply_greedy`](crate::Pipeline::apply_greedy) skips it.
+/// Argmax-invariant up to ties: the rounded division is monotone, but can round neighbouring
+/// values to one (a temperature above 1, most often in f16/bf16) or, in f16, overflow large
+/// logits to +inf. [`Pipeline::apply_greedy`](crate::Pipeline::apply_greedy) skips it.
 ///
 /// # State and cost
 ///
 /// One f32 per row on the device. `update_state`: O(changes). `apply`: one read and write of
-/// each tempered row; other rows untouched.
+/// each tempered row (on CUDA a multiplication by a reciprocal computed once per row, corrected
+/// to the quotient's bits; on the CPU a division); other rows untouched.
 ///
 /// # Errors
 ///
@@ -32,15 +38,16 @@ use crate::processors::{apply_alone, builtin_basics};
 /// use candle_core::{Device, Tensor};
 /// use logits_processors::*;
 ///
-/// let config = ProcessorConfig::builder().max_batch_size(2).vocab_size(3).build()?;
+/// let config = ProcessorConfig::builder().max_batch_size(3).vocab_size(3).build()?;
 /// let mut temp = Temperature::new(&config)?;
 /// let mut b = BatchUpdateBuilder::new();
 /// b.add(0, Arc::new(RequestParams::new().with_temperature(0.5)));
 /// b.add(1, Arc::new(RequestParams::new()));
-/// temp.update_state(b.build(2))?;
-/// let logits = Tensor::new(&[[1f32, 2., 3.], [1., 2., 3.]], &Device::Cpu)?;
+/// b.add(2, Arc::new(RequestParams::new().with_temperature(1e-6))); // raised to 0.01
+/// temp.update_state(b.build(3))?;
+/// let logits = Tensor::new(&[[1f32, 2., 3.], [1., 2., 3.], [1., 2., 3.]], &Device::Cpu)?;
 /// temp.apply(&logits)?;
-/// assert_eq!(logits.to_vec2::<f32>()?, [[2., 4., 6.], [1., 2., 3.]]);
+/// assert_eq!(logits.to_vec2::<f32>()?, [[2., 4., 6.], [1., 2., 3.], [100., 200., 300.]]);
 /// # Ok::<(), logits_processors::Error>(())
 /// ```
 #[derive(Debug)]
@@ -51,6 +58,10 @@ pub struct Temperature {
 }
 
 impl Temperature {
+    /// The least temperature that divides: one in (0, `MIN`) is raised to it, as vLLM's
+    /// `SamplingParams` raises it (its `_MAX_TEMP`).
+    pub const MIN: f32 = 0.01;
+
     /// A Temperature for `config`.
     ///
     /// # Errors
@@ -75,7 +86,7 @@ fn temperature(params: &RequestParams) -> Result<Option<f32>> {
         }
         .into());
     }
-    Ok((t != 0.0 && t != 1.0).then_some(t))
+    Ok((t != 0.0 && t != 1.0).then_some(t.max(Temperature::MIN)))
 }
 
 impl LogitsProcessor for Temperature {
