@@ -87,7 +87,7 @@ fn bad_masks_are_typed_errors_and_an_update_drops_the_mask() {
     let f = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
     assert!(matches!(
         p.set_tensor(&f, &[0]),
-        Err(Error::Logits(LogitsError::Dtype { .. }))
+        Err(Error::Logits(LogitsError::BitmaskDtype { .. }))
     ));
     // A mask set, then the batch changes: the mask is dropped (its rows may have moved).
     p.set_host(&[0; 6], &[0, 1]).unwrap();

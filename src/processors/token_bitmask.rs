@@ -29,8 +29,11 @@ use crate::processors::{apply_alone, builtin_basics};
 ///
 /// # Cost
 ///
-/// `set_host`: one copy of the masked rows to the device. `apply`: masked-out tokens are
-/// written without being read; a word that allows everything costs nothing.
+/// `set_host`: on CUDA, one copy of the rows from the lowest to the highest masked one;
+/// `set_tensor`: no copy. `apply`: masked-out tokens are written without being read where a
+/// whole group is masked (16 bytes on CUDA, a 32-token word on the CPU); on CUDA a group that
+/// allows everything is not touched (unless temperature or min-p rewrite the row), on the CPU
+/// allowed words are read and written back.
 ///
 /// # Example
 ///
@@ -127,6 +130,13 @@ impl TokenBitmask {
     ///
     /// [`LogitsError::BitmaskShape`] if `words` is not `batch_size × words_per_row` long,
     /// [`LogitsError::BitmaskRow`] for a row not below the batch size; a device error.
+    ///
+    /// # Cost
+    ///
+    /// A host copy of the listed rows' words; on CUDA, one asynchronous upload of the table's
+    /// rows from the lowest to the highest listed one, and a flag write per row whose masked
+    /// state differs from the last mask's (none for the same rows), sent with the step's queued
+    /// writes. No allocation once warm, no synchronisation.
     pub fn set_host(&mut self, words: &[u32], rows: &[usize]) -> Result<()> {
         let (batch, wpr) = (self.ledger.batch_size(), self.words_per_row());
         if words.len() != batch * wpr {
@@ -155,8 +165,15 @@ impl TokenBitmask {
     ///
     /// # Errors
     ///
-    /// [`LogitsError::BitmaskShape`], [`LogitsError::Dtype`], [`LogitsError::NotContiguous`],
+    /// [`LogitsError::BitmaskShape`], [`LogitsError::BitmaskDtype`], [`LogitsError::NotContiguous`],
     /// [`LogitsError::DeviceMismatch`] or [`LogitsError::BitmaskRow`]; a device error.
+    ///
+    /// # Cost
+    ///
+    /// No copy of the mask (the tensor is kept, one reference count): O(listed rows + the last
+    /// mask's rows) on the host, and a device flag write only for rows whose masked state
+    /// differs from the last mask's, sent with the step's queued writes (none for the same
+    /// rows). No allocation once warm, no synchronisation.
     pub fn set_tensor(&mut self, words: &Tensor, rows: &[usize]) -> Result<()> {
         let (batch, wpr) = (self.ledger.batch_size(), self.words_per_row());
         if words.dims() != [batch, wpr] {
@@ -168,7 +185,7 @@ impl TokenBitmask {
             .into());
         }
         if words.dtype() != DType::U32 {
-            return Err(LogitsError::Dtype {
+            return Err(LogitsError::BitmaskDtype {
                 dtype: words.dtype(),
             }
             .into());
