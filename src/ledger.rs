@@ -19,7 +19,10 @@
 //! 4. **Moves.** `Unidirectional (from, to)` moves the request at `from` to `to`, replacing
 //!    what was there and leaving `from` empty. `Swap (a, b)` trades the two requests. The rows
 //!    a move reads must hold a request *at that point* of the update (after `removed`, `added`
-//!    and the earlier moves). A move onto itself does nothing.
+//!    and the earlier moves). A move or swap of a row with itself changes nothing, but the
+//!    row must hold a request like any other (else
+//!    [`MoveFromEmptyRow`](crate::UpdateError::MoveFromEmptyRow) /
+//!    [`SwapWithEmptyRow`](crate::UpdateError::SwapWithEmptyRow)).
 //! 5. **Contiguity.** After the update, the rows that hold requests are exactly
 //!    `0..batch_size`, and `apply` receives `batch_size` rows.
 //! 6. **Bounds.** Every row and `batch_size` are below the processor's capacity.
@@ -228,6 +231,11 @@ impl<T> RowLedger<T> {
     /// # Errors
     ///
     /// The first broken rule, as an [`Error::Update`](crate::Error::Update).
+    ///
+    /// # Cost
+    ///
+    /// As [`apply`](Self::apply)'s checks: O(changes listed in the update), no allocation once
+    /// the scratch buffers have grown to the largest update.
     pub fn validate(&mut self, update: &BatchUpdate) -> Result<()> {
         let result = self.check(update);
         self.touched.clear();

@@ -18,11 +18,16 @@
 //! - [`LogitBias`]: per-request `logit_bias` of any size;
 //! - [`Penalties`]: repetition, frequency and presence penalties, counts following the output
 //!   tokens (appends and rollbacks);
-//! - [`Temperature`], [`MinP`] (argmax-invariant);
+//! - [`Temperature`], [`MinP`] (argmax-invariant; Temperature up to ties its rounding can
+//!   create);
 //! - [`AllowedIds`]: one global id list for every row: a global logit bias
 //!   ([`AllowedMode::Boost`]) or a global allow-list ([`AllowedMode::Mask`]);
-//! - [`Pipeline`]: several processors fed as one, fusing the built-ins into as few passes over
-//!   the logits as their semantics allow (one fused op in vLLM's order).
+//! - [`Pipeline`]: several processors fed as one. Stages run in the order they were added;
+//!   adjacent built-ins are fused into one pass over the logits wherever that changes no bit
+//!   of the result. Added in vLLM's sampler order (masks and bans, bias, penalties,
+//!   temperature, min-p: the table's order in `docs/processors.md`) they run as one fused op
+//!   and apply vLLM's order; added in another order they give that order's result (a
+//!   [`MinP`] added before [`Temperature`] cuts the untempered logits, unlike vLLM).
 //!
 //! An engine keeps its requests on rows with a [`PersistentBatch`], keyed by its own request
 //! ids: it says which requests leave, join or reorder, and the batch picks the rows (vLLM's
@@ -87,11 +92,15 @@
 //!
 //! The processors take `candle_core` tensors; this crate re-exports the `candle_core` it was
 //! built against as [`candle_core`], so an engine can name the same version (or `[patch]` it).
+//! Likewise [`half`], whose `f16` and `bf16` are the element types of [`RowMut`]'s rows.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use candle_core;
+/// The `half` crate of [`RowMut::F16`] and [`RowMut::BF16`], re-exported so that an engine
+/// names the same version.
+pub use half;
 
 mod batch;
 mod config;

@@ -190,14 +190,15 @@ impl OutputTokens {
         lock(&self.0.shared)
     }
 
-    /// Appends a generated token. O(1) amortised.
+    /// Appends a generated token. O(1) amortised; takes the list's spin lock.
     pub fn push(&self, token: u32) {
         let mut s = self.lock();
         s.tokens.push(token);
         self.0.bump(&s, one_push(token));
     }
 
-    /// Appends several generated tokens.
+    /// Appends several generated tokens. O(`tokens.len()`) amortised, under one take of the
+    /// list's spin lock; nothing for an empty slice.
     pub fn extend(&self, tokens: &[u32]) {
         if tokens.is_empty() {
             return;
@@ -228,12 +229,12 @@ impl OutputTokens {
         self.0.bump(&s, OTHER);
     }
 
-    /// Number of tokens generated so far.
+    /// Number of tokens generated so far. O(1); takes the list's spin lock.
     pub fn len(&self) -> usize {
         self.lock().tokens.len()
     }
 
-    /// Whether no token has been generated yet.
+    /// Whether no token has been generated yet. O(1); takes the list's spin lock.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -243,7 +244,7 @@ impl OutputTokens {
         self.lock().tokens.iter().filter(|&&t| t == token).count()
     }
 
-    /// The last token, if any.
+    /// The last token, if any. O(1); takes the list's spin lock.
     pub fn last(&self) -> Option<u32> {
         self.lock().tokens.last().copied()
     }
@@ -262,6 +263,10 @@ impl OutputTokens {
 
     /// A cursor that has seen nothing yet: its first [`sync`](OutputCursor::sync) reports every
     /// token present as appended.
+    ///
+    /// Cost: one take of the list's spin lock and a reference-count increment; may allocate only
+    /// when the list already has two open cursors (room for two is inline). The cursor's copy of
+    /// the tokens grows as it syncs.
     pub fn cursor(&self) -> OutputCursor {
         let mut s = self.lock();
         let cursors = &mut s.cold.cursors;

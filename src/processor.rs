@@ -130,10 +130,15 @@ pub trait LogitsProcessor: Send {
     ///
     /// # Errors
     ///
-    /// Logits of the wrong rank, shape, dtype or device, or a device error.
+    /// A [`LogitsError`](crate::LogitsError) for logits of the wrong rank, shape, dtype or
+    /// device, or that are not contiguous
+    /// ([`LogitsError::NotContiguous`](crate::LogitsError::NotContiguous): a strided view
+    /// cannot be changed in place; call `.contiguous()` first, which copies it); a device
+    /// error.
     fn apply(&mut self, logits: &Tensor) -> Result<()>;
 
-    /// Whether `apply` never changes which token has the largest logit (a temperature, say).
-    /// A [`Pipeline`](crate::Pipeline) skips such processors for greedy decoding.
+    /// Whether `apply` never changes which token has the largest logit (a temperature, say, up
+    /// to ties its rounding can create). A [`Pipeline`](crate::Pipeline) skips such processors
+    /// in [`apply_greedy`](crate::Pipeline::apply_greedy).
     fn is_argmax_invariant(&self) -> bool;
 }

@@ -34,7 +34,8 @@ pub enum AllowedMode {
 /// The sorted ids and a vocabulary bitmask live on the configured device, uploaded once at
 /// construction; [`update_state`](LogitsProcessor::update_state) only tracks the batch size
 /// (O(changes), no device work). In boost mode [`apply`](LogitsProcessor::apply) touches
-/// `batch × ids` elements; in mask mode it writes −inf over every row without reading it.
+/// `batch × ids` elements; in mask mode it writes −inf over every row's unlisted logits,
+/// without reading them where a whole group of them is unlisted.
 ///
 /// # Example
 ///

@@ -25,12 +25,13 @@ const PARAM: &str = "bad_words_token_ids";
 /// # State and cost
 ///
 /// A per-row ban list on the device; no copy of the output (the cursor's is read).
-/// `update_state`: for each request with multi-token sequences whose output changed, a check
-/// of its last token against a per-row 64-bit filter of the sequences' prefix ends (two hashed
-/// bits per end: about 1.4% of other tokens pass at four ends), then one lookup among the
-/// prefix ends and, when it is one, one comparison per sequence of the output's tail
-/// (O(sequence length)); a device write only when the banned set changes. `apply`: writes −inf
-/// over the banned ids only.
+/// `update_state` in a pipeline: for each request with multi-token sequences whose output
+/// changed, a check of its last token against a per-row 64-bit filter of the sequences' prefix
+/// ends (two hashed bits per end: about 1.4% of other tokens pass at four ends), then one
+/// lookup among the prefix ends and, when it is one, one comparison per sequence of the
+/// output's tail (O(sequence length)); a device write only when the banned set changes. Used
+/// alone, it visits every row of the batch each step (one atomic load for an unchanged output,
+/// the lookup for a changed one). `apply`: writes −inf over the banned ids only.
 ///
 /// # Errors
 ///

@@ -26,10 +26,13 @@ use crate::processors::{apply_alone, builtin_basics, sorted_set};
 ///
 /// A `max_batch_size × (1 + max(ceil(vocab / 32), 64))` table of `u32` on the configured
 /// device: a set of up to 64 ids is stored as a sorted list, a larger one as a bitmask row.
-/// [`update_state`](LogitsProcessor::update_state) costs O(changes) on the host (O(vocab / 32)
-/// for a large set) plus, on CUDA, one asynchronous upload of the changed words.
-/// [`apply`](LogitsProcessor::apply) writes −inf over each forced row without reading it; other
-/// rows are not touched.
+/// [`update_state`](LogitsProcessor::update_state) costs, per row the update touches (added,
+/// removed or moved onto), O(set) on the host for a list, O(vocab / 32 + set) for a bitmask
+/// row, which is rewritten whole even when its request only moved; plus O(n log n) to sort a
+/// joining request's `n` ids. On CUDA the changed list words go out with the step's other
+/// queued writes, and the rewritten bitmask rows as one asynchronous copy of the rows from the
+/// lowest to the highest of them. [`apply`](LogitsProcessor::apply) writes −inf over the
+/// unforced logits of each forced row without reading them; other rows are not touched.
 ///
 /// # Errors
 ///

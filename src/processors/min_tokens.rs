@@ -21,11 +21,12 @@ use crate::processors::{apply_alone, builtin_basics, sorted_set, write_list};
 ///
 /// # State and cost
 ///
-/// A per-row ban list on the device. `update_state`: one length read per request with
-/// `min_tokens > 0` (in a pipeline, per such request whose output changed; none at all when no
-/// request is still banning and no output was rolled back, since appends alone cannot start a
-/// ban), and a device write only when a request crosses its threshold. `apply`: writes −inf
-/// over the banned ids only.
+/// A per-row ban list on the device. `update_state`: used alone, a walk over every row of the
+/// batch each step with one length read (under the list's lock) per request with
+/// `min_tokens > 0`; in a pipeline, one length read per such request whose output changed, and
+/// none at all when no request is still banning and no output was rolled back, since appends
+/// alone cannot start a ban; a device write only when a request crosses its threshold.
+/// `apply`: writes −inf over the banned ids only.
 ///
 /// # Errors
 ///

@@ -28,7 +28,7 @@ use crate::processors::{apply_alone, builtin_basics};
 /// Token counts live on the device and are updated there from the **new** output tokens of each
 /// step (and the tokens rolled back), read through an [`OutputCursor`](crate::OutputCursor) —
 /// never recounted from the whole history. Output tokens outside the vocabulary are ignored (as
-/// vLLM's padding id is). The prompt is read from
+/// vLLM's padding id is), and so are prompt tokens outside it. The prompt is read from
 /// [`AddedRequest::prompt_token_ids`](crate::AddedRequest) when the request joins.
 ///
 /// # State and cost
@@ -41,20 +41,24 @@ use crate::processors::{apply_alone, builtin_basics};
 /// penalises the listed tokens (on CUDA the log travels in the same host-to-device copy as the
 /// step's other table writes; no extra launch, no synchronisation). A request joining logs its
 /// prompt the same way. When the log grows long between two applies (`update_state` called
-/// many times without `apply`) it is processed on its own (one launch on CUDA).
+/// many times without `apply`) it is processed on its own (one launch on CUDA). Used alone
+/// (not in a [`Pipeline`](crate::Pipeline)), `update_state` also visits every row of the batch
+/// each step (one atomic load for an unchanged output).
 ///
 /// Memory: each table is kept at most half full for an upper bound of the request's distinct
 /// tokens (its prompt plus the tokens appended since it joined, at most the vocabulary; on the
 /// CPU re-read as the exact count whenever the log is processed). All slots share one size,
-/// that of the largest bound, about 20 bytes per distinct token of the largest request per
-/// slot of the batch capacity; growing rehashes every slot where the tables live (amortised
-/// like a `Vec` doubling; one launch on CUDA). `apply`: reads and writes only the listed logits
-/// (no dense pass, no `[batch, vocab]` count tensor).
+/// set by the largest bound `d`: `4 + 12·W` bytes, `W` the smallest power of two at least `2d`
+/// (and 16), so 24 to 48 bytes per token of the largest bound, for every slot of the batch
+/// capacity; the tables grow, never shrink, and growing rehashes every slot where the tables
+/// live (amortised like a `Vec` doubling; one launch on CUDA). `apply`: reads and writes only
+/// the listed logits (no dense pass, no `[batch, vocab]` count tensor).
 ///
 /// # Errors
 ///
 /// A repetition penalty that is not positive and finite, or a non-finite frequency or presence
-/// penalty ([`ParamsError::OutOfRange`]).
+/// penalty ([`ParamsError::OutOfRange`]). Any finite frequency and presence penalty is accepted
+/// (vLLM rejects them outside `[-2, 2]`).
 ///
 /// # Example
 ///
