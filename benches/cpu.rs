@@ -21,7 +21,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, Throughput};
 use logits_processors::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -164,16 +164,28 @@ fn apply(c: &mut Criterion) {
             let (mut p, _outs) = admitted(kinds, batch);
             let t = Tensor::randn(0f32, 3., (batch, VOCAB), &Device::Cpu).unwrap();
             let has_mask = kinds.contains(&Bitmask);
+            let step = |p: &mut Pipeline, logits: &Tensor| {
+                if has_mask {
+                    p.token_bitmask_mut()
+                        .unwrap()
+                        .set_host(&mask, &rows)
+                        .unwrap();
+                }
+                p.apply(black_box(logits)).unwrap()
+            };
             group.bench_with_input(BenchmarkId::new(name, batch), &batch, |b, _| {
-                b.iter(|| {
-                    if has_mask {
-                        p.token_bitmask_mut()
-                            .unwrap()
-                            .set_host(&mask, &rows)
-                            .unwrap();
-                    }
-                    p.apply(black_box(&t)).unwrap()
-                })
+                if kinds.iter().any(|k| matches!(k, Temperature | MinP)) {
+                    // Fresh logits for every call (copied outside the timing): tempering the
+                    // same logits again and again would grow them to infinity.
+                    b.iter_batched_ref(
+                        || t.copy().unwrap(),
+                        |fresh| step(&mut p, fresh),
+                        BatchSize::PerIteration,
+                    )
+                } else {
+                    // Masks and listed tokens do the same work on logits they already changed.
+                    b.iter(|| step(&mut p, &t))
+                }
             });
         }
         let src = vec![1f32; batch * VOCAB];

@@ -1,7 +1,10 @@
 //! GPU benchmark of the built-in processors at batch 256 × vocab 151,936 in f32, f16 and bf16:
 //! each processor alone and whole pipelines, beside the memory floor (a device-to-device copy
-//! of the same logits: every byte read once and written once), plus the host cost of
-//! `update_state` (no device synchronisation).
+//! of the same logits: every byte read once and written once) and each configuration's own
+//! floor (the copy where every logit is read and written; half of it where rows are masked to
+//! a few tokens, written without being read; one launch, timed as back-to-back 4-byte memsets,
+//! where only listed tokens are touched), plus the host cost of `update_state` (no device
+//! synchronisation).
 //!
 //! Run: `cargo bench --features cuda --bench gpu` (a machine with an NVIDIA GPU). The PyTorch
 //! peer of the same operations is `benches/peer_torch.py`; run both in one session.
@@ -153,6 +156,40 @@ fn admitted(kinds: &[Kind], device: &Device) -> (Pipeline, Vec<OutputTokens>) {
     (p, outs)
 }
 
+/// The least a configuration must cost on the device: what its processors must move through
+/// memory, or one kernel launch where they touch only listed tokens.
+#[derive(Clone, Copy)]
+enum Floor {
+    /// Every logit read and written (a device-to-device copy).
+    Copy,
+    /// Every logit written, none read (half a copy): rows masked to a few allowed tokens.
+    Write,
+    /// One launch (a 4-byte memset, back to back): only listed tokens are touched.
+    Launch,
+}
+
+fn floor_of(kinds: &[Kind]) -> Floor {
+    use Kind::*;
+    if kinds
+        .iter()
+        .any(|k| matches!(k, Bitmask | Temperature | MinP) && !kinds.contains(&Force))
+    {
+        Floor::Copy
+    } else if kinds.contains(&Force) {
+        Floor::Write
+    } else {
+        Floor::Launch
+    }
+}
+
+fn floor_name(f: Floor) -> &'static str {
+    match f {
+        Floor::Copy => "copy",
+        Floor::Write => "write",
+        Floor::Launch => "launch",
+    }
+}
+
 fn dtype_name(d: DType) -> &'static str {
     match d {
         DType::F32 => "f32",
@@ -241,7 +278,7 @@ fn main() {
                 }
                 p.apply(&logits[i % nbuf]).unwrap();
             });
-            results.push((label.to_string(), t, host));
+            results.push((label.to_string(), t, host, floor_of(kinds)));
         }
         let host: Vec<u8> = (0..bytes).map(|j| (j * 31 + j / 4093) as u8).collect();
         let src: Vec<CudaSlice<u8>> = (0..nbuf)
@@ -256,14 +293,30 @@ fn main() {
                 .unwrap()
         });
         drop((src, dst));
-        for (label, t, host) in &results {
+        let mut tiny = stream.alloc_zeros::<u8>(4).unwrap();
+        let (launch, _) = time_events(&stream, |_| stream.memset_zeros(&mut tiny).unwrap());
+        let floor_us = |f: Floor| match f {
+            Floor::Copy => copy,
+            Floor::Write => copy / 2.0,
+            Floor::Launch => launch,
+        };
+        for (label, t, host, f) in &results {
             println!(
-                "{:>4} {label}: {t:.2} µs ({:.2}x d2d copy {copy:.2} µs; host {host:.2} µs a call)",
+                "{:>4} {label}: {t:.2} µs ({:.2}x d2d copy {copy:.2} µs; {:.2}x its floor, {}; host {host:.2} µs a call)",
                 dtype_name(dtype),
-                t / copy
+                t / copy,
+                t / floor_us(*f),
+                floor_name(*f),
             );
         }
-        let results: Vec<(String, f64)> = results.into_iter().map(|(l, t, _)| (l, t)).collect();
+        println!(
+            "{:>4} launch floor (4-byte memset): {launch:.2} µs",
+            dtype_name(dtype)
+        );
+        let results: Vec<(String, f64, Floor, f64)> = results
+            .into_iter()
+            .map(|(l, t, _, f)| (l, t, f, floor_us(f)))
+            .collect();
         table.push((dtype, copy, results));
     }
 
@@ -333,14 +386,16 @@ fn main() {
     println!();
     println!("## apply on {name}, batch {BATCH} x vocab {VOCAB} (median µs per call, CUDA events)");
     println!();
-    println!("| processor | dtype | µs | d2d copy µs | × copy |");
-    println!("|---|---|---:|---:|---:|");
+    println!("| processor | dtype | µs | d2d copy µs | × copy | floor | floor µs | × floor |");
+    println!("|---|---|---:|---:|---:|---|---:|---:|");
     for (dtype, copy, results) in &table {
-        for (label, t) in results {
+        for (label, t, f, floor) in results {
             println!(
-                "| {label} | {} | {t:.2} | {copy:.2} | {:.2} |",
+                "| {label} | {} | {t:.2} | {copy:.2} | {:.2} | {} | {floor:.2} | {:.2} |",
                 dtype_name(*dtype),
-                t / copy
+                t / copy,
+                floor_name(*f),
+                t / floor
             );
         }
     }
