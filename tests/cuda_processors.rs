@@ -437,8 +437,9 @@ fn temperature_pipelines(
 }
 
 /// Temperature (alone, and before MinP, which takes the one-launch kernel) on every one of
-/// the 65,536 f16 and bf16 patterns, one row per temperature (tiny, subnormal and huge ones
-/// included): CUDA must give the CPU's bits, NaN on both sides aside.
+/// the 65,536 f16 and bf16 patterns, one row per temperature (huge ones included; tiny and
+/// subnormal ones are raised to `Temperature::MIN` on both sides): CUDA must give the CPU's
+/// bits, NaN on both sides aside.
 #[test]
 fn temperature_matches_the_cpu_on_every_16_bit_logit() {
     let gpu = Device::new_cuda(0).expect("a CUDA device");
@@ -495,7 +496,8 @@ fn temperature_matches_the_cpu_on_every_16_bit_logit() {
 /// Temperature (alone, and before MinP) on f32 logits of random bit patterns (every exponent,
 /// subnormals, zeros, infinities and NaNs among them), one row per temperature: the kernels
 /// divide in-range elements by a hoisted reciprocal, the others by `__fdiv_rn`; CUDA must give
-/// the CPU's bits either way, NaN on both sides aside.
+/// the CPU's bits either way, NaN on both sides aside. (Temperatures below `Temperature::MIN`
+/// reach the kernels as `MIN`; those above 2^20 take the rows' `__fdiv_rn` path.)
 #[test]
 fn temperature_matches_the_cpu_on_f32_logits_of_every_exponent() {
     let gpu = Device::new_cuda(0).expect("a CUDA device");
