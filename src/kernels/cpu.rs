@@ -233,99 +233,140 @@ fn keep_only<E: Logit>(row: &mut [E], ids: &[u32]) {
     row[next..].fill(E::NEG_INF);
 }
 
-/// The largest `f(x)` over `xs`, NaN ignored (eight independent lanes, so the loop pipelines).
-fn max_of<E: Logit>(xs: &[E], f: impl Fn(E) -> f32) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let chunks = xs.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (m, &x) in lanes.iter_mut().zip(c) {
-            let v = f(x);
-            if v > *m {
-                *m = v;
-            }
-        }
-    }
-    let mut m = f32::NEG_INFINITY;
-    for v in lanes.into_iter().chain(rest.iter().map(|&x| f(x))) {
-        if v > m {
-            m = v;
-        }
-    }
-    m
-}
-
-/// Masked elements to −inf; kept ones divided by `temp` (rounded) and cut below
+/// Masked elements to −inf; kept ones divided by `temp` (rounded to the dtype) and cut below
 /// `max + ln_min_p`, the maximum taken over the kept, tempered elements.
+///
+/// One pass masks and tempers (and, with min-p, finds the maximum); with min-p a second pass
+/// only compares, so each kept element is divided once.
 fn scale_and_cut<E: Logit>(row: &mut [E], keep: Option<&[u32]>, temp: f32, ln_min_p: f32) {
-    let tempered = |x: E| {
-        if temp != 1.0 {
-            E::put(x.get() / temp)
-        } else {
-            x
+    let max = match (temp != 1.0, ln_min_p != NO_MIN_P) {
+        (true, true) => mask_temper::<E, true, true>(row, keep, temp),
+        (true, false) => mask_temper::<E, true, false>(row, keep, temp),
+        (false, true) => mask_temper::<E, false, true>(row, keep, temp),
+        (false, false) => mask_temper::<E, false, false>(row, keep, temp),
+    };
+    if ln_min_p == NO_MIN_P {
+        return;
+    }
+    // The cut (masked elements are −inf already, and −inf stays −inf).
+    let threshold = max + ln_min_p;
+    if threshold == f32::NEG_INFINITY {
+        return; // nothing is below it
+    }
+    let cut = |xs: &mut [E]| {
+        for x in xs.iter_mut() {
+            // Stored unconditionally: a select, not a branch on near-threshold values.
+            *x = if x.get() < threshold { E::NEG_INF } else { *x };
         }
-    };
-    let value = |x: E| tempered(x).get();
-    let threshold = if ln_min_p != NO_MIN_P {
-        let max = match keep {
-            None => max_of(row, value),
-            Some(k) => {
-                let mut m = f32::NEG_INFINITY;
-                for (chunk, &bits) in row.chunks(32).zip(k) {
-                    let v = match bits {
-                        0 => continue,
-                        u32::MAX => max_of(chunk, value),
-                        _ => max_of_bits(chunk, bits, value),
-                    };
-                    if v > m {
-                        m = v;
-                    }
-                }
-                m
-            }
-        };
-        max + ln_min_p
-    } else {
-        f32::NEG_INFINITY
-    };
-    let cut = |x: &mut E| {
-        let y = tempered(*x);
-        *x = if y.get() < threshold { E::NEG_INF } else { y };
     };
     match keep {
+        None => cut(row),
+        Some(k) => {
+            for (chunk, &bits) in row.chunks_mut(32).zip(k) {
+                if bits != 0 {
+                    cut(chunk);
+                }
+            }
+        }
+    }
+}
+
+/// The first pass of [`scale_and_cut`]: masked elements to −inf, kept ones divided by `temp`
+/// (`TEMPER`); returns the largest kept value, NaN ignored (`MAX`; else −inf). The flags are
+/// compile-time so that no loop tests them; the maximum runs on eight independent lanes; a
+/// 32-token word whose bits are mixed is lanes of selects (every element loaded, its bit
+/// choosing what is stored), which vectorises where a branch per element would mispredict on
+/// a grammar's near-random bits.
+#[inline(always)]
+fn mask_temper<E: Logit, const TEMPER: bool, const MAX: bool>(
+    row: &mut [E],
+    keep: Option<&[u32]>,
+    temp: f32,
+) -> f32 {
+    #[inline(always)]
+    fn lane<E: Logit, const TEMPER: bool, const MAX: bool, const RUN: bool>(
+        m: &mut f32,
+        x: &mut E,
+        kept: bool,
+        temp: f32,
+    ) {
+        let y = if TEMPER { E::put(x.get() / temp) } else { *x };
+        let y = if kept { y } else { E::NEG_INF };
+        *x = y; // stored unconditionally: a select, not a branch
+        if MAX {
+            let v = y.get();
+            if RUN {
+                // A run of kept logits: a new maximum is rare, so the branch predicts well.
+                if v > *m {
+                    *m = v;
+                }
+            } else {
+                // A mixed word: `max` is a select, which keeps the word's loop vectorised.
+                // NaN is ignored either way (`m` is never NaN), and which zero wins does not
+                // matter: the threshold `max + ln(min_p)` is the same for ±0.
+                *m = m.max(v);
+            }
+        }
+    }
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    // Elements all kept: eight at a time, one per lane.
+    let kept_run = |lanes: &mut [f32; 8], xs: &mut [E]| {
+        if !(TEMPER || MAX) {
+            return;
+        }
+        let mut chunks = xs.chunks_exact_mut(8);
+        for c in &mut chunks {
+            for (m, x) in lanes.iter_mut().zip(c) {
+                lane::<E, TEMPER, MAX, true>(m, x, true, temp);
+            }
+        }
+        for x in chunks.into_remainder() {
+            lane::<E, TEMPER, MAX, true>(&mut lanes[0], x, true, temp);
+        }
+    };
+    match keep {
+        None => kept_run(&mut lanes, row),
         Some(k) => {
             for (chunk, &bits) in row.chunks_mut(32).zip(k) {
                 match bits {
                     0 => chunk.fill(E::NEG_INF),
-                    u32::MAX => chunk.iter_mut().for_each(cut),
-                    _ => {
-                        for (i, x) in chunk.iter_mut().enumerate() {
-                            if bits >> i & 1 == 0 {
-                                *x = E::NEG_INF;
-                            } else {
-                                cut(x);
+                    u32::MAX => kept_run(&mut lanes, chunk),
+                    _ => match <&mut [E; 32]>::try_from(&mut *chunk) {
+                        // A whole word, through a copy in registers written back whole: every
+                        // element is stored, so the bit selects rather than branches.
+                        Ok(word) => {
+                            let mut w = *word;
+                            if TEMPER {
+                                // Every lane divided (a vector division), masked ones too.
+                                for x in w.iter_mut() {
+                                    *x = E::put(x.get() / temp);
+                                }
+                            }
+                            for (j, c) in w.chunks_exact_mut(8).enumerate() {
+                                for (k, (m, x)) in lanes.iter_mut().zip(c).enumerate() {
+                                    let kept = bits >> (8 * j + k) & 1 != 0;
+                                    lane::<E, false, MAX, false>(m, x, kept, temp);
+                                }
+                            }
+                            *word = w;
+                        }
+                        // The row's last, shorter word.
+                        Err(_) => {
+                            for (i, x) in chunk.iter_mut().enumerate() {
+                                lane::<E, TEMPER, MAX, false>(
+                                    &mut lanes[i % 8],
+                                    x,
+                                    bits >> i & 1 != 0,
+                                    temp,
+                                );
                             }
                         }
-                    }
+                    },
                 }
             }
         }
-        None => row.iter_mut().for_each(cut),
     }
-}
-
-/// The largest `f(x)` over the elements of `chunk` whose bit is set in `bits`.
-fn max_of_bits<E: Logit>(chunk: &[E], mut bits: u32, f: impl Fn(E) -> f32) -> f32 {
-    let mut m = f32::NEG_INFINITY;
-    while bits != 0 {
-        let i = bits.trailing_zeros() as usize;
-        bits &= bits - 1;
-        if let Some(&x) = chunk.get(i) {
-            let v = f(x);
-            if v > m {
-                m = v;
-            }
-        }
-    }
-    m
+    lanes
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }

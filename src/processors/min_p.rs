@@ -26,8 +26,9 @@ use crate::processors::{apply_alone, builtin_basics};
 /// One f32 per row on the device. `update_state`: O(changes), plus a count of the batch's rows
 /// with min-p (O(batch)) when the update touched a row. `apply`: the row maximum, then the
 /// cut, over each row with min-p (on CUDA one read-write pass: each block holds its chunk while
-/// the row's other chunks publish their maxima; on the CPU a reduction pass and a read-write
-/// pass); other rows untouched.
+/// the row's other chunks publish their maxima; on the CPU one read-write pass that masks,
+/// tempers and finds the maximum, then one that only compares and writes what it cuts); other
+/// rows untouched.
 ///
 /// # Errors
 ///
