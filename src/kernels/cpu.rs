@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, Result};
 use half::{bf16, f16};
 
-use super::{FusedOp, IdsMode, StepMask, KEEP_BITMASK, NO_MIN_P, NO_SLOT};
+use super::{FusedOp, IdsMode, StepMask, KEEP_BITMASK, KEEP_LIST_MAX, NO_MIN_P, NO_SLOT};
 
 /// A logit element type: read as f32, stored rounded to nearest even.
 pub(crate) trait Logit: Copy {
@@ -196,10 +196,17 @@ fn dense<E: Logit>(
         }
         return;
     }
-    if let (Some(e), None, None, false) = (forced, global, step, values) {
+    if let (Some(e), None, None) = (forced, global, step) {
         if e[0] != KEEP_BITMASK {
-            keep_only(row, &e[1..1 + e[0] as usize]);
-            return;
+            let ids = &e[1..1 + e[0] as usize];
+            if !values {
+                keep_only(row, ids);
+                return;
+            }
+            if ids.len() <= KEEP_LIST_MAX {
+                keep_scaled(row, ids, temp, ln_min_p);
+                return;
+            }
         }
     }
     // The row's keep mask: the intersection of its masks.
@@ -220,6 +227,35 @@ fn dense<E: Logit>(
         }
     }
     scale_and_cut(row, Some(keep), temp, ln_min_p);
+}
+
+/// [`scale_and_cut`] for a row whose only mask is the sorted, distinct `ids` (at most
+/// [`KEEP_LIST_MAX`]): the kept values are tempered and cut from a copy on the stack, and the
+/// rest of the row is written without being read.
+fn keep_scaled<E: Logit>(row: &mut [E], ids: &[u32], temp: f32, ln_min_p: f32) {
+    let mut kept = [E::NEG_INF; KEEP_LIST_MAX];
+    let kept = &mut kept[..ids.len()];
+    let mut max = f32::NEG_INFINITY;
+    for (y, &id) in kept.iter_mut().zip(ids) {
+        let x = row[id as usize];
+        *y = if temp != 1.0 {
+            E::put(x.get() / temp)
+        } else {
+            x
+        };
+        if y.get() > max {
+            max = y.get();
+        }
+    }
+    let threshold = if ln_min_p != NO_MIN_P {
+        max + ln_min_p
+    } else {
+        f32::NEG_INFINITY
+    };
+    keep_only(row, ids);
+    for (&y, &id) in kept.iter().zip(ids) {
+        row[id as usize] = if y.get() < threshold { E::NEG_INF } else { y };
+    }
 }
 
 /// Sends every element outside the sorted `ids` to −inf without reading it.
@@ -327,41 +363,58 @@ fn mask_temper<E: Logit, const TEMPER: bool, const MAX: bool>(
     match keep {
         None => kept_run(&mut lanes, row),
         Some(k) => {
-            for (chunk, &bits) in row.chunks_mut(32).zip(k) {
-                match bits {
-                    0 => chunk.fill(E::NEG_INF),
-                    u32::MAX => kept_run(&mut lanes, chunk),
-                    _ => match <&mut [E; 32]>::try_from(&mut *chunk) {
-                        // A whole word, through a copy in registers written back whole: every
-                        // element is stored, so the bit selects rather than branches.
-                        Ok(word) => {
-                            let mut w = *word;
-                            if TEMPER {
-                                // Every lane divided (a vector division), masked ones too.
-                                for x in w.iter_mut() {
-                                    *x = E::put(x.get() / temp);
-                                }
+            let n = row.len();
+            let mut w = 0;
+            while w < k.len() {
+                let bits = k[w];
+                let start = w * 32;
+                if bits == 0 {
+                    // A run of masked words as one fill (a row forced to a few tokens is
+                    // almost all of it).
+                    let end = k[w..]
+                        .iter()
+                        .position(|&b| b != 0)
+                        .map_or(k.len(), |n| w + n);
+                    row[start..(end * 32).min(n)].fill(E::NEG_INF);
+                    w = end;
+                    continue;
+                }
+                w += 1;
+                let chunk = &mut row[start..(start + 32).min(n)];
+                if bits == u32::MAX {
+                    kept_run(&mut lanes, chunk);
+                    continue;
+                }
+                match <&mut [E; 32]>::try_from(&mut *chunk) {
+                    // A whole word, through a copy in registers written back whole: every
+                    // element is stored, so the bit selects rather than branches.
+                    Ok(word) => {
+                        let mut copy = *word;
+                        if TEMPER {
+                            // Every lane divided (a vector division), masked ones too.
+                            for x in copy.iter_mut() {
+                                *x = E::put(x.get() / temp);
                             }
-                            for (j, c) in w.chunks_exact_mut(8).enumerate() {
-                                for (k, (m, x)) in lanes.iter_mut().zip(c).enumerate() {
-                                    let kept = bits >> (8 * j + k) & 1 != 0;
-                                    lane::<E, false, MAX, false>(m, x, kept, temp);
-                                }
-                            }
-                            *word = w;
                         }
-                        // The row's last, shorter word.
-                        Err(_) => {
-                            for (i, x) in chunk.iter_mut().enumerate() {
-                                lane::<E, TEMPER, MAX, false>(
-                                    &mut lanes[i % 8],
-                                    x,
-                                    bits >> i & 1 != 0,
-                                    temp,
-                                );
+                        for (j, c) in copy.chunks_exact_mut(8).enumerate() {
+                            for (l, (m, x)) in lanes.iter_mut().zip(c).enumerate() {
+                                let kept = bits >> (8 * j + l) & 1 != 0;
+                                lane::<E, false, MAX, false>(m, x, kept, temp);
                             }
                         }
-                    },
+                        *word = copy;
+                    }
+                    // The row's last, shorter word.
+                    Err(_) => {
+                        for (i, x) in chunk.iter_mut().enumerate() {
+                            lane::<E, TEMPER, MAX, false>(
+                                &mut lanes[i % 8],
+                                x,
+                                bits >> i & 1 != 0,
+                                temp,
+                            );
+                        }
+                    }
                 }
             }
         }
