@@ -52,6 +52,26 @@ fn reference(row: &[f32], mask: Option<&[u32]>, t: f32, min_p: f32, dtype: DType
     out
 }
 
+/// `values` as `[rows, VOCAB]` logits of `dtype` on the CPU.
+fn tensor(values: &[Vec<f32>], dtype: DType) -> Tensor {
+    let flat: Vec<f32> = values.iter().flatten().copied().collect();
+    Tensor::from_vec(flat, (values.len(), VOCAB), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+/// `got` has `want`'s bits, token for token (NaN equal to NaN); `what` names the row.
+fn assert_bits(want: &[f32], got: &[f32], what: impl Fn() -> String) {
+    for (i, (w, g)) in want.iter().zip(got).enumerate() {
+        assert!(
+            w.to_bits() == g.to_bits() || (w.is_nan() && g.is_nan()),
+            "{} token {i}: got {g}, want {w}",
+            what()
+        );
+    }
+}
+
 #[test]
 fn the_dense_pass_equals_the_reference_on_many_words() {
     let mut rng = StdRng::seed_from_u64(99);
@@ -110,11 +130,7 @@ fn the_dense_pass_equals_the_reference_on_many_words() {
                         .collect()
                 })
                 .collect();
-            let flat: Vec<f32> = values.iter().flatten().copied().collect();
-            let logits = Tensor::from_vec(flat, (rows, VOCAB), &Device::Cpu)
-                .unwrap()
-                .to_dtype(dtype)
-                .unwrap();
+            let logits = tensor(&values, dtype);
             pipe.token_bitmask_mut()
                 .unwrap()
                 .set_host(&masks, &masked)
@@ -127,13 +143,12 @@ fn the_dense_pass_equals_the_reference_on_many_words() {
                     .then(|| &masks[r * WORDS..(r + 1) * WORDS]);
                 let (t, p) = settings[r];
                 let want = reference(row, mask, t, p, dtype);
-                for (i, (w, g)) in want.iter().zip(&got[r]).enumerate() {
-                    assert!(
-                        w.to_bits() == g.to_bits() || (w.is_nan() && g.is_nan()),
-                        "{dtype:?} row {r} (t {t}, min_p {p}, mask {}) token {i}: got {g}, want {w}",
+                assert_bits(&want, &got[r], || {
+                    format!(
+                        "{dtype:?} row {r} (t {t}, min_p {p}, mask {})",
                         mask.is_some()
-                    );
-                }
+                    )
+                });
             }
         }
     }
@@ -216,11 +231,7 @@ fn forced_rows_tempered_and_cut_equal_the_reference() {
                     .collect()
             })
             .collect();
-        let flat: Vec<f32> = values.iter().flatten().copied().collect();
-        let logits = Tensor::from_vec(flat, (rows, VOCAB), &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap();
+        let logits = tensor(&values, dtype);
         pipe.apply(&logits).unwrap();
         let got = read(&logits);
         for (r, row) in values.iter().enumerate() {
@@ -230,13 +241,9 @@ fn forced_rows_tempered_and_cut_equal_the_reference() {
             }
             let (_, t, p) = settings[r];
             let want = reference(row, Some(&mask), t, p, dtype);
-            for (i, (w, g)) in want.iter().zip(&got[r]).enumerate() {
-                assert!(
-                    w.to_bits() == g.to_bits() || (w.is_nan() && g.is_nan()),
-                    "{dtype:?} row {r} ({} ids, t {t}, min_p {p}) token {i}: got {g}, want {w}",
-                    ids[r].len()
-                );
-            }
+            assert_bits(&want, &got[r], || {
+                format!("{dtype:?} row {r} ({} ids, t {t}, min_p {p})", ids[r].len())
+            });
         }
     }
 }
